@@ -1,0 +1,69 @@
+/** Start-up audit: find published targets with more than one mount layer (upstream #331) and optionally prune them. */
+import type { Mounter } from "./mount.ts";
+import type { Logger } from "./log.ts";
+import { layersUnder, parseMountListing } from "./mount_table.ts";
+import { parseTargetPath } from "./target_path.ts";
+import { sameFile } from "./fs_util.ts";
+
+/** A target with stacked layers. */
+export interface StackedTarget {
+  target: string;
+  layers: number;
+}
+
+/** Options for findStackedMounts. */
+export interface AuditPaths {
+  socketDir: string;
+  kubeletDir: string;
+}
+
+/** Targets under `<kubeletDir>/pods` that hold this driver's bind and more than one layer. */
+export async function findStackedMounts(
+  paths: AuditPaths,
+  mounter: Mounter,
+): Promise<StackedTarget[]> {
+  const entries = parseMountListing(await mounter.list());
+  const stacked: StackedTarget[] = [];
+  for (const [target, layers] of layersUnder(entries, `${paths.kubeletDir}/pods`)) {
+    if (layers < 2) continue;
+    try {
+      parseTargetPath(target, paths.kubeletDir);
+    } catch {
+      continue;
+    }
+    if (await sameFile(target, paths.socketDir).catch(() => false)) {
+      stacked.push({ target, layers });
+    }
+  }
+  return stacked;
+}
+
+/** Options for auditStackedMounts. */
+export interface AuditOptions {
+  mounter: Mounter;
+  log: Logger;
+  /** Unmount the extra layers, leaving one. */
+  prune: boolean;
+}
+
+/** Logs every stacked target; with prune, unmounts all but one layer of each. Returns what it found. */
+export async function auditStackedMounts(
+  paths: AuditPaths,
+  options: AuditOptions,
+): Promise<StackedTarget[]> {
+  const stacked = await findStackedMounts(paths, options.mounter);
+  for (const { target, layers } of stacked) {
+    options.log.warn("Stacked mounts on {target_path}: {layers} layers", {
+      target_path: target,
+      layers,
+    });
+    if (!options.prune) continue;
+    for (let i = 1; i < layers; i++) await options.mounter.unmount(target);
+    options.log.info("Pruned {count} extra layers on {target_path}", {
+      target_path: target,
+      count: layers - 1,
+    });
+  }
+  if (stacked.length === 0) options.log.debug("No stacked mounts under the kubelet pods dir");
+  return stacked;
+}

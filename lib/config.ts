@@ -1,0 +1,264 @@
+/** Command-line flags and environment -> Config. Pure: no I/O beyond what the caller passes in. */
+import { parseArgs } from "node:util";
+import { isAbsolute, resolve } from "node:path";
+import denoConfig from "../deno.json" with { type: "json" };
+import type { DriverPaths } from "./permissions.ts";
+
+/** Log levels accepted by `-log-level`. */
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+/** A log level. */
+export type LogLevel = typeof LOG_LEVELS[number];
+/** Log formats accepted by `-log-format`. */
+export const LOG_FORMATS = ["json", "text"] as const;
+/** A log format. */
+export type LogFormat = typeof LOG_FORMATS[number];
+
+/** The driver's version, reported by `--version` and GetPluginInfo. */
+export const VERSION: string = denoConfig.version;
+
+/** Everything the driver needs to run, validated. */
+export interface Config extends DriverPaths {
+  nodeId: string;
+  pluginName: string;
+  logLevel: LogLevel;
+  logFormat: LogFormat;
+  pruneStackedMounts: boolean;
+}
+
+/** What the command line asks for. */
+export type Invocation =
+  | { command: "run"; config: Config }
+  | { command: "diagnose"; config: Config; registrationDir: string | undefined }
+  | { command: "help"; text: string }
+  | { command: "version"; text: string };
+
+/** A command-line or environment problem: one line for stderr. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** Options for parseInvocation. */
+export interface ParseOptions {
+  /** Reads an environment variable (the node id). */
+  getEnv?: (name: string) => string | undefined;
+  /** Resolve relative paths against this directory; without it relative paths are rejected. */
+  cwd?: string;
+}
+
+interface FlagSpec {
+  type: "string" | "boolean";
+  default?: string | boolean;
+  help: string;
+}
+
+// Upstream spiffe-csi's flags first (same names, same defaults), then this driver's own.
+const FLAGS: Record<string, FlagSpec> = {
+  "csi-socket-path": {
+    type: "string",
+    default: "/spiffe-csi/csi.sock",
+    help: "Path to the CSI socket",
+  },
+  "node-id": {
+    type: "string",
+    help:
+      "Kubernetes Node ID. If unset, the node ID is obtained from the environment (i.e., -node-id-env)",
+  },
+  "node-id-env": {
+    type: "string",
+    default: "MY_NODE_NAME",
+    help: "Envvar from which to obtain the node ID. Overridden by -node-id.",
+  },
+  "plugin-name": { type: "string", default: "csi.spiffe.io", help: "Plugin name to register" },
+  "workload-api-socket-dir": { type: "string", help: "Path to the Workload API socket directory" },
+  "kubelet-dir": {
+    type: "string",
+    default: "/var/lib/kubelet",
+    help: "Kubelet's root directory; publish targets must lie under <dir>/pods",
+  },
+  "log-level": { type: "string", default: "info", help: "Log level: debug, info, warn or error" },
+  "log-format": { type: "string", default: "json", help: "Log format: json or text" },
+  "prune-stacked-mounts": {
+    type: "boolean",
+    default: false,
+    help: "At start, unmount extra layers stacked on published targets",
+  },
+  "mount-path": {
+    type: "string",
+    default: "/usr/bin/mount",
+    help: "Absolute path of the mount binary",
+  },
+  "umount-path": {
+    type: "string",
+    default: "/usr/bin/umount",
+    help: "Absolute path of the umount binary",
+  },
+  "registration-dir": {
+    type: "string",
+    help: "diagnose only: kubelet's plugin registration directory to check",
+  },
+  "help": { type: "boolean", help: "Show this help" },
+  "version": { type: "boolean", help: "Print the version and exit" },
+};
+
+const PLUGIN_NAME = /^[a-zA-Z][A-Za-z0-9-._]{0,61}[a-zA-Z]$/;
+
+/** Usage text, in the shape of Go's flag package (as upstream prints it). */
+export function usage(): string {
+  const lines = ["Usage of spiffe-csi-driver:", "  spiffe-csi-driver [diagnose] [flags]"];
+  for (const [name, spec] of Object.entries(FLAGS)) {
+    lines.push(`  -${name}${spec.type === "string" ? " string" : ""}`);
+    const dflt = spec.type === "string" && spec.default !== undefined
+      ? ` (default "${spec.default}")`
+      : "";
+    lines.push(`    \t${spec.help}${dflt}`);
+  }
+  return lines.join("\n");
+}
+
+/** Parses the command line (upstream's Go-style flags: `-f v`, `-f=v`, `--f v`, `--f=v`). */
+export function parseInvocation(args: string[], options: ParseOptions = {}): Invocation {
+  const normalized = normalizeArgs(args);
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: normalized,
+      options: Object.fromEntries(
+        Object.entries(FLAGS).map(([name, spec]) => [name, { type: spec.type }]),
+      ),
+      strict: true,
+      allowPositionals: true,
+    });
+  } catch (error) {
+    throw new ConfigError(flagErrorMessage(error));
+  }
+  const values = parsed.values as Record<string, string | boolean | undefined>;
+  if (values.help === true) return { command: "help", text: usage() };
+  if (values.version === true) return { command: "version", text: `spiffe-csi-driver ${VERSION}` };
+
+  const [subcommand, ...extra] = parsed.positionals;
+  if (extra.length > 0 || (subcommand !== undefined && subcommand !== "diagnose")) {
+    throw new ConfigError(`unexpected argument: ${extra[0] ?? subcommand}`);
+  }
+  const str = (name: string): string | undefined => {
+    const value = values[name];
+    if (typeof value === "string") return value;
+    const fallback = FLAGS[name]?.default;
+    return typeof fallback === "string" ? fallback : undefined;
+  };
+  const path = (name: string): string => {
+    const value = str(name);
+    if (value === undefined || value === "") throw new ConfigError(`-${name} is required`);
+    return absolutePath(name, value, options.cwd);
+  };
+
+  const socketDir = path("workload-api-socket-dir");
+  const nodeIdEnv = str("node-id-env") ?? "";
+  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(nodeIdEnv)) {
+    throw new ConfigError(`-node-id-env must be an environment variable name: "${nodeIdEnv}"`);
+  }
+  const nodeId = str("node-id") || options.getEnv?.(nodeIdEnv) || "";
+  if (nodeId === "") {
+    throw new ConfigError(
+      `node ID is required: set -node-id or the ${nodeIdEnv} environment variable`,
+    );
+  }
+  const pluginName = str("plugin-name") ?? "";
+  if (!PLUGIN_NAME.test(pluginName)) {
+    throw new ConfigError(
+      `-plugin-name must be 2-63 characters of a CSI plugin name: "${pluginName}"`,
+    );
+  }
+  const config: Config = {
+    nodeId,
+    nodeIdEnv,
+    pluginName,
+    socketDir,
+    csiSocketPath: path("csi-socket-path"),
+    kubeletDir: path("kubelet-dir"),
+    mountPath: path("mount-path"),
+    umountPath: path("umount-path"),
+    logLevel: oneOf("log-level", str("log-level"), LOG_LEVELS),
+    logFormat: oneOf("log-format", str("log-format"), LOG_FORMATS),
+    pruneStackedMounts: values["prune-stacked-mounts"] === true,
+  };
+  if (subcommand === "diagnose") {
+    const registration = str("registration-dir");
+    return {
+      command: "diagnose",
+      config,
+      registrationDir: registration === undefined
+        ? undefined
+        : absolutePath("registration-dir", registration, options.cwd),
+    };
+  }
+  return { command: "run", config };
+}
+
+/** The command line that reproduces `config` (the inverse of parseInvocation). */
+export function configToArgs(config: Config): string[] {
+  const args = [
+    `-workload-api-socket-dir=${config.socketDir}`,
+    `-csi-socket-path=${config.csiSocketPath}`,
+    `-node-id=${config.nodeId}`,
+    `-node-id-env=${config.nodeIdEnv}`,
+    `-plugin-name=${config.pluginName}`,
+    `-kubelet-dir=${config.kubeletDir}`,
+    `-mount-path=${config.mountPath}`,
+    `-umount-path=${config.umountPath}`,
+    `-log-level=${config.logLevel}`,
+    `-log-format=${config.logFormat}`,
+  ];
+  if (config.pruneStackedMounts) args.push("-prune-stacked-mounts");
+  return args;
+}
+
+// Go's flag package takes one or two dashes; node's parseArgs wants two for long names.
+// Go also accepts -bool=true|false; parseArgs rejects a value on a boolean, so fold those here.
+function normalizeArgs(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] as string;
+    if (arg === "--") {
+      out.push(...args.slice(i));
+      break;
+    }
+    let flag = /^-[^-]/.test(arg) && arg.length > 2 ? `-${arg}` : arg;
+    if (flag === "-h") flag = "--help";
+    const bool = /^--([a-z-]+)=(true|false|1|0)$/.exec(flag);
+    if (bool && FLAGS[bool[1] as string]?.type === "boolean") {
+      if (bool[2] === "true" || bool[2] === "1") out.push(`--${bool[1]}`);
+      continue;
+    }
+    out.push(flag);
+  }
+  return out;
+}
+
+function flagErrorMessage(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const unknown = /Unknown option '--?([^']+)'/.exec(message);
+  if (unknown) return `flag provided but not defined: -${unknown[1]}`;
+  const missing = /Option '--([^ ]+) <value>' argument missing/.exec(message);
+  if (missing) return `flag needs an argument: -${missing[1]}`;
+  const unexpected = /Unexpected argument '([^']+)'/.exec(message);
+  if (unexpected) return `unexpected argument: ${unexpected[1]}`;
+  return message.split("\n")[0] ?? message;
+}
+
+function absolutePath(name: string, value: string, cwd: string | undefined): string {
+  if (/[\0\n,]/.test(value)) {
+    throw new ConfigError(`-${name} must not contain NUL, newline or comma characters`);
+  }
+  if (isAbsolute(value)) return resolve(value);
+  if (cwd === undefined) throw new ConfigError(`-${name} must be an absolute path: "${value}"`);
+  return resolve(cwd, value);
+}
+
+function oneOf<T extends string>(
+  name: string,
+  value: string | undefined,
+  allowed: readonly T[],
+): T {
+  if ((allowed as readonly string[]).includes(value ?? "")) return value as T;
+  throw new ConfigError(`-${name} must be one of ${allowed.join(", ")}: "${value}"`);
+}

@@ -1,0 +1,229 @@
+/** CSI Node service: plain async handlers that know nothing of gRPC. */
+import { Code, CsiError, errorMessage, invalidArgument } from "./errors.ts";
+import type {
+  Empty,
+  NodeGetCapabilitiesResponse,
+  NodeGetInfoResponse,
+  NodeGetVolumeStatsRequest,
+  NodeGetVolumeStatsResponse,
+  NodePublishVolumeRequest,
+  NodeUnpublishVolumeRequest,
+} from "./types.ts";
+import type { Mounter } from "../mount.ts";
+import { KeyedLock } from "../keyed_lock.ts";
+import { assertNoSymlinks, parseTargetPath, quote, type TargetPath } from "../target_path.ts";
+import { sameFile, unmountAndRemove } from "../fs_util.ts";
+import { inspectSocketDir } from "../socket_dir.ts";
+
+/** The volume context key kubelet sets for inline (ephemeral) volumes. */
+export const EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral";
+/** The volume context key carrying the pod's UID (podInfoOnMount). */
+export const POD_UID_KEY = "csi.storage.k8s.io/pod.uid";
+
+/** Options for createNodeService. */
+export interface NodeOptions {
+  nodeId: string;
+  /** The Workload API socket directory bind-mounted into pods. */
+  socketDir: string;
+  /** Kubelet's root directory; targets must lie under `<kubeletDir>/pods`. */
+  kubeletDir: string;
+  mounter: Mounter;
+  /** Most layers one unpublish removes before it gives up (kubelet retries). Default 10,000. */
+  maxLayers?: number;
+  /** How long a stats check waits for a Workload API socket to accept. Default 1 s. */
+  socketTimeoutMs?: number;
+}
+
+/** The Node service's handlers. */
+export interface NodeService {
+  NodePublishVolume(request: NodePublishVolumeRequest): Promise<Empty>;
+  NodeUnpublishVolume(request: NodeUnpublishVolumeRequest): Promise<Empty>;
+  NodeGetVolumeStats(request: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse>;
+  NodeGetInfo(request: Empty): Promise<NodeGetInfoResponse>;
+  NodeGetCapabilities(request: Empty): Promise<NodeGetCapabilitiesResponse>;
+  NodeStageVolume(request: unknown): Promise<Empty>;
+  NodeUnstageVolume(request: unknown): Promise<Empty>;
+  NodeExpandVolume(request: unknown): Promise<Empty>;
+}
+
+/** Checks a publish request in upstream's order, with upstream's messages (pure). */
+export function validatePublish(request: NodePublishVolumeRequest): void {
+  const capability = request.volume_capability;
+  if (!request.volume_id) throw invalidArgument("request missing required volume id");
+  if (!request.target_path) throw invalidArgument("request missing required target path");
+  if (!capability) throw invalidArgument("request missing required volume capability");
+  if (!capability.block && !capability.mount) {
+    throw invalidArgument("request missing required volume capability access type");
+  }
+  const mount = capability.mount;
+  if (!mount || mount.fs_type || (mount.mount_flags?.length ?? 0) > 0) {
+    throw invalidArgument("request volume capability access type must be a simple mount");
+  }
+  if (!capability.access_mode) {
+    throw invalidArgument("request missing required volume capability access mode");
+  }
+  const mode = capability.access_mode.mode;
+  if (mode === "SINGLE_NODE_READER_ONLY" || mode === 2) {
+    throw invalidArgument("request volume capability access mode is not valid");
+  }
+  if (!request.readonly) {
+    throw invalidArgument("pod.spec.volumes[].csi.readOnly must be set to 'true'");
+  }
+  if (request.volume_context?.[EPHEMERAL_KEY] !== "true") {
+    throw invalidArgument("only ephemeral volumes are supported");
+  }
+}
+
+/** Creates the Node service. */
+export function createNodeService(options: NodeOptions): NodeService {
+  const { socketDir, kubeletDir, mounter } = options;
+  const maxLayers = options.maxLayers ?? 10_000;
+  const locks = new KeyedLock();
+  const unsupported = (name: string) => () =>
+    Promise.reject(new CsiError(Code.UNIMPLEMENTED, `${name} is not supported by this driver`));
+
+  async function publish(target: TargetPath, path: string): Promise<Empty> {
+    await assertNoSymlinks(target);
+    let created = false;
+    try {
+      await Deno.mkdir(path, { mode: 0o750 });
+      await Deno.chmod(path, 0o750);
+      created = true;
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AlreadyExists)) {
+        throw new CsiError(
+          Code.INTERNAL,
+          `unable to create target path ${quote(path)}: ${errorMessage(error)}`,
+        );
+      }
+    }
+    let mounted = false;
+    try {
+      if (!created) {
+        // Already published (kubelet retries, driver restarts): never stack a second layer.
+        if (await sameFile(path, socketDir)) return {};
+        // A stale layer (e.g. of a socket dir that was since replaced): clear it, start clean.
+        const cleared = await unmountAndRemove(path, (p) => mounter.unmount(p), maxLayers);
+        if (cleared.removed) {
+          await Deno.mkdir(path, { mode: 0o750 });
+          await Deno.chmod(path, 0o750);
+          created = true;
+        }
+      }
+      await assertNoSymlinks(target);
+      await mounter.bindMount(socketDir, path);
+      mounted = true;
+      // A component swapped for a symlink between the check and the mount sends the mount
+      // elsewhere: find that out, and undo it through the same path.
+      await assertNoSymlinks(target);
+      if (!(await sameFile(path, socketDir))) {
+        throw new Error("the new mount is not at the target path");
+      }
+      return {};
+    } catch (error) {
+      if (mounted) await mounter.unmount(path).catch(() => {});
+      if (created) await Deno.remove(path).catch(() => {});
+      if (error instanceof CsiError) throw error;
+      throw new CsiError(
+        Code.INTERNAL,
+        `unable to mount ${quote(path)}: ${errorMessage(error)}`,
+        { cause: error },
+      );
+    }
+  }
+
+  async function unpublish(target: TargetPath, path: string): Promise<Empty> {
+    await assertNoSymlinks(target);
+    try {
+      const result = await unmountAndRemove(path, (p) => mounter.unmount(p), maxLayers);
+      if (!result.removed) {
+        throw new Error("the target path is not a mount point and is not empty");
+      }
+      return {};
+    } catch (error) {
+      throw new CsiError(
+        Code.INTERNAL,
+        `unable to unmount ${quote(path)}: ${errorMessage(error)}`,
+        { cause: error },
+      );
+    }
+  }
+
+  return {
+    async NodePublishVolume(request) {
+      validatePublish(request);
+      const path = request.target_path as string;
+      const target = parseTargetPath(path, kubeletDir, request.volume_context?.[POD_UID_KEY]);
+      return await locks.run(path, () => publish(target, path));
+    },
+
+    async NodeUnpublishVolume(request) {
+      if (!request.volume_id) throw invalidArgument("request missing required volume id");
+      if (!request.target_path) throw invalidArgument("request missing required target path");
+      const path = request.target_path;
+      const target = parseTargetPath(path, kubeletDir);
+      return await locks.run(path, () => unpublish(target, path));
+    },
+
+    async NodeGetVolumeStats(request) {
+      if (!request.volume_id) throw invalidArgument("request missing required volume id");
+      if (!request.volume_path) throw invalidArgument("request missing required volume path");
+      const path = request.volume_path;
+      let target: TargetPath;
+      try {
+        target = parseTargetPath(path, kubeletDir);
+      } catch {
+        throw new CsiError(
+          Code.NOT_FOUND,
+          `volume path ${quote(path)} is not a volume of this driver`,
+        );
+      }
+      try {
+        await Deno.lstat(path);
+      } catch (error) {
+        if (error instanceof Deno.errors.NotFound) {
+          throw new CsiError(Code.NOT_FOUND, `volume path ${quote(path)} does not exist`);
+        }
+        throw error;
+      }
+      await assertNoSymlinks(target);
+      const usage = (inodes: number): NodeGetVolumeStatsResponse["usage"] => [
+        { unit: "BYTES", available: "0", total: "0", used: "0" },
+        { unit: "INODES", available: "0", total: String(inodes), used: String(inodes) },
+      ];
+      if (!(await sameFile(path, socketDir).catch(() => false))) {
+        return {
+          usage: usage(0),
+          volume_condition: {
+            abnormal: true,
+            message: `volume path is not a mount of the Workload API socket directory ${
+              quote(socketDir)
+            }`,
+          },
+        };
+      }
+      const health = await inspectSocketDir(path, { timeoutMs: options.socketTimeoutMs ?? 1000 });
+      return {
+        usage: usage(health.entries),
+        volume_condition: { abnormal: !health.healthy, message: health.message },
+      };
+    },
+
+    NodeGetInfo() {
+      return Promise.resolve({ node_id: options.nodeId, max_volumes_per_node: "0" });
+    },
+
+    NodeGetCapabilities() {
+      return Promise.resolve({
+        capabilities: [
+          { rpc: { type: "VOLUME_CONDITION" } },
+          { rpc: { type: "GET_VOLUME_STATS" } },
+        ],
+      });
+    },
+
+    NodeStageVolume: unsupported("NodeStageVolume"),
+    NodeUnstageVolume: unsupported("NodeUnstageVolume"),
+    NodeExpandVolume: unsupported("NodeExpandVolume"),
+  };
+}

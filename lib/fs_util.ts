@@ -1,0 +1,58 @@
+/** Small filesystem probes shared by the handlers: identity comparison and layer removal. */
+
+/** True when `a` and `b` are the same directory (same device and inode): a bind of `b` at `a`. */
+export async function sameFile(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([Deno.stat(a), Deno.stat(b)]);
+  return x.dev === y.dev && x.ino !== null && x.ino === y.ino;
+}
+
+/** True for an error that says the path is a mount point (rmdir gives EBUSY). */
+export function isBusy(error: unknown): boolean {
+  return error instanceof Deno.errors.Busy || errorCode(error) === "EBUSY";
+}
+
+/** True for an error that says a directory is not empty. */
+export function isNotEmpty(error: unknown): boolean {
+  return errorCode(error) === "ENOTEMPTY";
+}
+
+function errorCode(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : undefined;
+}
+
+/** How a removal ended. */
+export interface RemoveResult {
+  /** Mount layers unmounted on the way. */
+  unmounted: number;
+  /** The directory is gone (false: it stays because it is not empty and not a mount point). */
+  removed: boolean;
+}
+
+/**
+ * Removes the directory `path`, unmounting every layer stacked on it first. rmdir on a mount point
+ * fails with EBUSY, so each EBUSY means one more layer to unmount: no mount table scan and no extra
+ * exec when the path is a plain directory. A path that does not exist counts as removed.
+ */
+export async function unmountAndRemove(
+  path: string,
+  unmount: (path: string) => Promise<void>,
+  maxLayers: number,
+): Promise<RemoveResult> {
+  let unmounted = 0;
+  while (true) {
+    try {
+      await Deno.remove(path);
+      return { unmounted, removed: true };
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return { unmounted, removed: true };
+      if (isNotEmpty(error)) return { unmounted, removed: false };
+      if (!isBusy(error)) throw error;
+    }
+    if (unmounted >= maxLayers) {
+      throw new Error(`still a mount point after ${unmounted} unmounts`);
+    }
+    await unmount(path);
+    unmounted++;
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * The driver's permission set. It is written once, in deno.json (`permissions.driver`), for the
+ * container layout; this module re-targets those paths to the ones a driver is configured with, so
+ * the start task, the tests and the compile task all run the driver under the same set.
+ */
+import denoConfig from "../deno.json" with { type: "json" };
+import { type Config, configToArgs } from "./config.ts";
+
+/** The paths and names the permission set depends on. */
+export interface DriverPaths {
+  /** Directory holding the Workload API socket (read, and connect for health checks). */
+  socketDir: string;
+  /** The CSI socket the driver listens on. */
+  csiSocketPath: string;
+  /** Kubelet's root directory; the driver mounts under `<kubeletDir>/pods`. */
+  kubeletDir: string;
+  /** Environment variable holding the node id. */
+  nodeIdEnv: string;
+  /** Absolute path of the mount binary. */
+  mountPath: string;
+  /** Absolute path of the umount binary. */
+  umountPath: string;
+}
+
+/** A permission set: allowlists by kind, as in deno.json. */
+export interface PermissionSet {
+  read: string[];
+  write: string[];
+  net: string[];
+  env: string[];
+  run: string[];
+}
+
+/** The paths deno.json's permission set is written for (the DaemonSet's container layout). */
+export const CONTAINER_PATHS: Readonly<DriverPaths> = Object.freeze({
+  socketDir: "/spiffe-workload-api",
+  csiSocketPath: "/spiffe-csi/csi.sock",
+  kubeletDir: "/var/lib/kubelet",
+  nodeIdEnv: "MY_NODE_NAME",
+  mountPath: "/usr/bin/mount",
+  umountPath: "/usr/bin/umount",
+});
+
+/** The permission set as written in deno.json, for the container layout. */
+export function declaredPermissionSet(): PermissionSet {
+  const set = denoConfig.permissions.driver;
+  return {
+    read: [...set.read],
+    write: [...set.write],
+    net: [...set.net],
+    env: [...set.env],
+    run: [...set.run],
+  };
+}
+
+/** The driver's permission set re-targeted to `paths`. */
+export function permissionSet(paths: DriverPaths): PermissionSet {
+  for (const key of Object.keys(CONTAINER_PATHS) as (keyof DriverPaths)[]) {
+    if (paths[key].includes(",")) {
+      throw new RangeError(`${key} must not contain a comma: ${paths[key]}`);
+    }
+  }
+  const declared = declaredPermissionSet();
+  const retarget = (entry: string) => retargetPath(entry, paths);
+  return {
+    read: declared.read.map(retarget),
+    write: declared.write.map(retarget),
+    net: declared.net.map((entry) =>
+      entry.startsWith("unix:") ? `unix:${retarget(entry.slice(5))}` : entry
+    ),
+    env: declared.env.map((name) => name === CONTAINER_PATHS.nodeIdEnv ? paths.nodeIdEnv : name),
+    run: declared.run.map(retarget),
+  };
+}
+
+/** Deno command-line flags granting exactly `permissionSet(paths)` and nothing else. */
+export function permissionFlags(paths: DriverPaths): string[] {
+  const set = permissionSet(paths);
+  const flags = ["--no-prompt"];
+  for (const kind of ["read", "write", "net", "env", "run"] as const) {
+    const list = unique(set[kind]);
+    if (list.length > 0) flags.push(`--allow-${kind}=${list.join(",")}`);
+  }
+  return flags;
+}
+
+/** V8 flags that keep the driver's heap small (used by the start task, tests, bench and compile). */
+export const V8_FLAGS = "--max-old-space-size=64,--max-semi-space-size=2";
+
+/** Arguments for `deno run` that start the driver at `entry` under its permission set. */
+export function driverRunArgs(config: Config, entry: string, extraArgs: string[] = []): string[] {
+  return [
+    "run",
+    ...permissionFlags(config),
+    `--v8-flags=${V8_FLAGS}`,
+    entry,
+    ...configToArgs(config),
+    ...extraArgs,
+  ];
+}
+
+function retargetPath(entry: string, paths: DriverPaths): string {
+  const pairs: [string, string][] = [
+    [CONTAINER_PATHS.csiSocketPath, paths.csiSocketPath],
+    [CONTAINER_PATHS.socketDir, paths.socketDir],
+    [CONTAINER_PATHS.kubeletDir, paths.kubeletDir],
+    [CONTAINER_PATHS.mountPath, paths.mountPath],
+    [CONTAINER_PATHS.umountPath, paths.umountPath],
+  ];
+  for (const [from, to] of pairs) {
+    if (entry === from) return to;
+    if (entry.startsWith(`${from}/`)) return to.replace(/\/+$/, "") + entry.slice(from.length);
+  }
+  return entry;
+}
+
+function unique(list: string[]): string[] {
+  return [...new Set(list)];
+}

@@ -1,0 +1,134 @@
+/** The gRPC server on the CSI Unix socket: wraps every handler once, maps errors once, logs every RPC. */
+import * as grpc from "@grpc/grpc-js";
+import { loadCsi } from "./proto.ts";
+import { errorMessage, toRpcStatus } from "./csi/errors.ts";
+import { KEYS, type Logger } from "./log.ts";
+import type { IdentityService } from "./csi/identity.ts";
+import type { NodeService } from "./csi/node.ts";
+
+/** Options for createServer. */
+export interface ServerOptions {
+  identity: IdentityService;
+  node: NodeService;
+  log: Logger;
+}
+
+// deno-lint-ignore no-explicit-any
+type Handler = (request: any) => Promise<unknown>;
+
+/** Only these request fields reach the log: never secrets, never service account tokens. */
+export function requestLogFields(request: unknown): Record<string, string> {
+  const fields: Record<string, string> = {};
+  if (typeof request !== "object" || request === null) return fields;
+  const r = request as Record<string, unknown>;
+  const context = (r.volume_context ?? {}) as Record<string, unknown>;
+  const put = (key: string, value: unknown) => {
+    if (typeof value === "string" && value !== "") fields[key] = value.slice(0, 512);
+  };
+  put(KEYS.volumeId, r.volume_id);
+  put(KEYS.targetPath, r.target_path ?? r.volume_path);
+  put(KEYS.podName, context["csi.storage.k8s.io/pod.name"]);
+  put(KEYS.podNamespace, context["csi.storage.k8s.io/pod.namespace"]);
+  put(KEYS.podUid, context["csi.storage.k8s.io/pod.uid"]);
+  return fields;
+}
+
+function wrap(
+  method: string,
+  handler: Handler,
+  log: Logger,
+): grpc.handleUnaryCall<unknown, unknown> {
+  return async (call, callback) => {
+    const started = performance.now();
+    const fields = requestLogFields(call.request);
+    try {
+      const response = await handler(call.request);
+      log.info("RPC {method}", {
+        [KEYS.method]: method,
+        [KEYS.code]: "OK",
+        [KEYS.durationMs]: elapsed(started),
+        ...fields,
+      });
+      callback(null, response);
+    } catch (error) {
+      const status = toRpcStatus(error);
+      const level = status.code === grpc.status.INTERNAL ? "error" : "warn";
+      log[level]("RPC {method} failed", {
+        [KEYS.method]: method,
+        [KEYS.code]: grpc.status[status.code],
+        [KEYS.durationMs]: elapsed(started),
+        ...fields,
+        [KEYS.error]: errorMessage(error),
+        ...(status.details === "internal error" && error instanceof Error
+          ? { stack: error.stack ?? "" }
+          : {}),
+      });
+      callback({ code: status.code, details: status.details });
+    }
+  };
+}
+
+function elapsed(started: number): number {
+  return Math.round((performance.now() - started) * 1000) / 1000;
+}
+
+function implementation(
+  definition: grpc.ServiceDefinition,
+  service: object,
+  log: Logger,
+): grpc.UntypedServiceImplementation {
+  const impl: grpc.UntypedServiceImplementation = {};
+  for (const method of Object.keys(definition)) {
+    const handler = (service as Record<string, Handler | undefined>)[method];
+    if (handler) impl[method] = wrap(method, handler.bind(service), log);
+  }
+  return impl;
+}
+
+/** Builds the gRPC server serving the Identity and Node services. */
+export function createServer(options: ServerOptions): grpc.Server {
+  const csi = loadCsi();
+  const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
+  server.addService(
+    csi.Identity.service,
+    implementation(csi.Identity.service, options.identity, options.log),
+  );
+  server.addService(csi.Node.service, implementation(csi.Node.service, options.node, options.log));
+  return server;
+}
+
+/** Listens on the Unix socket at `socketPath`, replacing a stale socket left by an earlier run. */
+export async function listen(server: grpc.Server, socketPath: string): Promise<void> {
+  try {
+    const info = await Deno.lstat(socketPath);
+    if (!info.isSocket) throw new Error(`${socketPath} exists and is not a socket`);
+    await Deno.remove(socketPath);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  await new Promise<void>((resolve, reject) => {
+    server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (error) => {
+      if (error) reject(error);
+      else resolve();
+    });
+  });
+}
+
+/** Stops accepting calls, lets in-flight calls finish for up to `graceMs`, then removes the socket. */
+export async function shutdown(
+  server: grpc.Server,
+  socketPath: string,
+  graceMs: number,
+): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, graceMs);
+    server.tryShutdown(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+  await Deno.remove(socketPath).catch(() => {});
+}

@@ -1,0 +1,72 @@
+/** Health of a Workload API socket directory: can it be listed, and does a socket in it accept? */
+
+/** What inspectSocketDir found. */
+export interface SocketDirHealth {
+  healthy: boolean;
+  /** Why it is unhealthy, or a short summary when healthy. */
+  message: string;
+  /** Entries listed in the directory. */
+  entries: number;
+}
+
+/** Options for inspectSocketDir. */
+export interface InspectOptions {
+  /** How long to wait for each socket to accept. */
+  timeoutMs: number;
+  /** Only check that the directory can be listed; do not connect. */
+  listOnly?: boolean;
+}
+
+/** Lists `dir` and, unless listOnly, connects to each Unix socket in it until one accepts. */
+export async function inspectSocketDir(
+  dir: string,
+  options: InspectOptions,
+): Promise<SocketDirHealth> {
+  const sockets: string[] = [];
+  let entries = 0;
+  try {
+    for await (const entry of Deno.readDir(dir)) {
+      entries++;
+      if (!entry.isFile && !entry.isDirectory && !entry.isSymlink) {
+        sockets.push(`${dir}/${entry.name}`);
+      }
+    }
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    return { healthy: false, message: `unable to list the volume: ${reason}`, entries };
+  }
+  if (options.listOnly) return { healthy: true, message: "listed", entries };
+  if (sockets.length === 0) {
+    return {
+      healthy: false,
+      message: "no Unix socket in the volume (is the SPIRE agent running?)",
+      entries,
+    };
+  }
+  for (const path of sockets) {
+    if (await accepts(path, options.timeoutMs)) {
+      return { healthy: true, message: "a Workload API socket accepts connections", entries };
+    }
+  }
+  return {
+    healthy: false,
+    message: "no Unix socket in the volume accepts connections (is the SPIRE agent running?)",
+    entries,
+  };
+}
+
+async function accepts(path: string, timeoutMs: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<null>((resolve) => {
+    timer = setTimeout(() => resolve(null), timeoutMs);
+  });
+  const attempt = Deno.connect({ transport: "unix", path }).catch(() => null);
+  const conn = await Promise.race([attempt, timeout]);
+  clearTimeout(timer);
+  if (conn === null) {
+    attempt.then((late) => late?.close());
+    return false;
+  }
+  conn.close();
+  return true;
+}

@@ -1,0 +1,82 @@
+/**
+ * Target path confinement: a publish or unpublish target must be exactly the path kubelet uses for
+ * an inline CSI volume, `<kubelet-dir>/pods/<pod-uid>/volumes/kubernetes.io~csi/<volume>/mount`,
+ * with no symlink in any component below the kubelet dir.
+ */
+import { invalidArgument } from "./csi/errors.ts";
+
+/** The parts of a confined target path. */
+export interface TargetPath {
+  podUid: string;
+  volumeName: string;
+  /** Each component below the kubelet dir, from `<kubelet-dir>/pods` down to the target itself. */
+  components: string[];
+}
+
+/** Quotes a client-supplied string for an error message, cut to a readable length. */
+export function quote(text: string, max = 200): string {
+  const cut = text.length > max ? `${text.slice(0, max)}...` : text;
+  return JSON.stringify(cut);
+}
+
+/** Checks the shape of `target` (pure); throws InvalidArgument when it is not a kubelet inline-volume target. */
+export function parseTargetPath(target: string, kubeletDir: string, podUid?: string): TargetPath {
+  // deno-lint-ignore no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(target)) {
+    throw invalidArgument("target path must not contain control characters");
+  }
+  const root = kubeletDir.replace(/\/+$/, "");
+  const prefix = `${root}/pods/`;
+  if (!target.startsWith(prefix)) {
+    throw invalidArgument(`target path ${quote(target)} is not under ${quote(prefix)}`);
+  }
+  const rest = target.slice(prefix.length).split("/");
+  if (rest.some((part) => part === "" || part === "." || part === "..")) {
+    throw invalidArgument(`target path ${quote(target)} is not a normalized path`);
+  }
+  const [uid, volumes, plugin, volumeName, leaf] = rest;
+  if (
+    rest.length !== 5 || volumes !== "volumes" || plugin !== "kubernetes.io~csi" ||
+    leaf !== "mount" || uid === undefined || volumeName === undefined
+  ) {
+    throw invalidArgument(
+      `target path ${
+        quote(target)
+      } is not ${prefix}<pod-uid>/volumes/kubernetes.io~csi/<volume-name>/mount`,
+    );
+  }
+  if (podUid !== undefined && podUid !== uid) {
+    throw invalidArgument(
+      `target path pod uid ${quote(uid)} does not match csi.storage.k8s.io/pod.uid ${
+        quote(podUid)
+      }`,
+    );
+  }
+  const components: string[] = [];
+  let path = `${root}/pods`;
+  components.push(path);
+  for (const part of rest) {
+    path = `${path}/${part}`;
+    components.push(path);
+  }
+  return { podUid: uid, volumeName, components };
+}
+
+/** Fails with InvalidArgument if any existing component is a symlink or not a directory (lstat each, never follow). */
+export async function assertNoSymlinks(target: TargetPath): Promise<void> {
+  for (const component of target.components) {
+    let info: Deno.FileInfo;
+    try {
+      info = await Deno.lstat(component);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return;
+      throw error;
+    }
+    if (info.isSymlink) {
+      throw invalidArgument(`target path component ${quote(component)} is a symlink`);
+    }
+    if (!info.isDirectory) {
+      throw invalidArgument(`target path component ${quote(component)} is not a directory`);
+    }
+  }
+}

@@ -1,0 +1,87 @@
+/** spiffe-csi-driver: parse flags, wire the parts, serve; stop gracefully on SIGTERM/SIGINT. */
+import { ConfigError, parseInvocation, VERSION } from "./lib/config.ts";
+import { setupLogging } from "./lib/log.ts";
+import { SystemMounter } from "./lib/mount.ts";
+import { createIdentityService } from "./lib/csi/identity.ts";
+import { createNodeService } from "./lib/csi/node.ts";
+import { createServer, listen, shutdown } from "./lib/server.ts";
+import { inspectSocketDir } from "./lib/socket_dir.ts";
+import { auditStackedMounts } from "./lib/audit.ts";
+
+const SHUTDOWN_GRACE_MS = 10_000;
+
+async function main(args: string[]): Promise<number> {
+  let invocation;
+  try {
+    invocation = parseInvocation(args, { getEnv: readEnv });
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    writeLine(Deno.stderr, `spiffe-csi-driver: ${error.message} (see -h)`);
+    return 2;
+  }
+  if (invocation.command === "help" || invocation.command === "version") {
+    writeLine(Deno.stdout, invocation.text);
+    return 0;
+  }
+  const { config } = invocation;
+  const mounter = new SystemMounter({ mountPath: config.mountPath, umountPath: config.umountPath });
+  if (invocation.command === "diagnose") {
+    writeLine(Deno.stderr, "spiffe-csi-driver: diagnose is not available in this build");
+    return 2;
+  }
+
+  const log = await setupLogging({ level: config.logLevel, format: config.logFormat });
+  log.info("Starting spiffe-csi-driver {version}", {
+    version: VERSION,
+    node_id: config.nodeId,
+    plugin_name: config.pluginName,
+    csi_socket_path: config.csiSocketPath,
+    workload_api_socket_dir: config.socketDir,
+    kubelet_dir: config.kubeletDir,
+  });
+  const server = createServer({
+    log,
+    identity: createIdentityService({
+      pluginName: config.pluginName,
+      version: VERSION,
+      ready: async () =>
+        (await inspectSocketDir(config.socketDir, { timeoutMs: 0, listOnly: true })).healthy,
+    }),
+    node: createNodeService({
+      nodeId: config.nodeId,
+      socketDir: config.socketDir,
+      kubeletDir: config.kubeletDir,
+      mounter,
+    }),
+  });
+  await listen(server, config.csiSocketPath);
+  log.info("Serving CSI on {csi_socket_path}", { csi_socket_path: config.csiSocketPath });
+  // Audit after serving: a slow mount table never delays registration.
+  auditStackedMounts(config, { mounter, log, prune: config.pruneStackedMounts }).catch((error) =>
+    log.warn("Stacked mount audit failed: {error}", { error: String(error) })
+  );
+
+  const signal = await new Promise<string>((resolve) => {
+    for (const name of ["SIGTERM", "SIGINT"] as const) {
+      Deno.addSignalListener(name, () => resolve(name));
+    }
+  });
+  log.info("Received {signal}: draining in-flight calls", { signal });
+  await shutdown(server, config.csiSocketPath, SHUTDOWN_GRACE_MS);
+  log.info("Stopped; published volumes stay mounted");
+  return 0;
+}
+
+function writeLine(stream: { writeSync(data: Uint8Array): number }, text: string): void {
+  stream.writeSync(new TextEncoder().encode(`${text}\n`));
+}
+
+function readEnv(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,102 @@
+/** Starts the real driver as a child process under its permission set, exactly as the start task does. */
+import { fileURLToPath } from "node:url";
+import { driverRunArgs } from "../lib/permissions.ts";
+import { type Config, parseInvocation } from "../lib/config.ts";
+import { CsiClient } from "./_csi_client.ts";
+
+/** The project root. */
+export const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const ENTRY = `${ROOT}main.ts`;
+
+/** Options for startDriver: the driver's paths, plus any extra flags. */
+export interface StartOptions {
+  socketDir: string;
+  csiSocketPath: string;
+  kubeletDir: string;
+  nodeId?: string;
+  /** More driver flags, e.g. ["-log-level=debug"]. */
+  flags?: string[];
+  /** Wait for a successful Probe before returning (default true). */
+  waitReady?: boolean;
+}
+
+/** A running driver. */
+export interface DriverProcess {
+  config: Config;
+  child: Deno.ChildProcess;
+  /** Everything the driver wrote to stderr so far. */
+  logs(): string;
+  /** Sends `signal` (default SIGTERM) and waits for the exit. */
+  stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
+}
+
+/** The driver's Config for these options (parsed by the driver's own flag parser). */
+export function driverConfig(options: StartOptions): Config {
+  const invocation = parseInvocation([
+    `-workload-api-socket-dir=${options.socketDir}`,
+    `-csi-socket-path=${options.csiSocketPath}`,
+    `-kubelet-dir=${options.kubeletDir}`,
+    `-node-id=${options.nodeId ?? "test-node"}`,
+    ...(options.flags ?? []),
+  ]);
+  if (invocation.command !== "run") throw new Error(`unexpected ${invocation.command}`);
+  return invocation.config;
+}
+
+/** Starts the driver and (by default) waits until it answers Probe. */
+export async function startDriver(options: StartOptions): Promise<DriverProcess> {
+  const config = driverConfig(options);
+  const child = new Deno.Command(Deno.execPath(), {
+    args: driverRunArgs(config, ENTRY),
+    cwd: ROOT,
+    clearEnv: true,
+    env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let logs = "";
+  const decoder = new TextDecoder();
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream) logs += decoder.decode(chunk, { stream: true });
+  };
+  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  let exited = false;
+  const status = child.status.then(async (s) => {
+    exited = true;
+    await pumps;
+    return s;
+  });
+  const driver: DriverProcess = {
+    config,
+    child,
+    logs: () => logs,
+    async stop(signal: Deno.Signal = "SIGTERM") {
+      if (!exited) {
+        try {
+          child.kill(signal);
+        } catch { /* already gone */ }
+      }
+      return await status;
+    },
+  };
+  if (options.waitReady ?? true) {
+    const deadline = Date.now() + 20_000;
+    while (true) {
+      if (exited) throw new Error(`driver exited during start-up:\n${logs}`);
+      try {
+        await Deno.stat(config.csiSocketPath);
+        const client = new CsiClient(config.csiSocketPath);
+        const result = await client.call("Probe", {}, 2000);
+        client.close();
+        if (result.ok) break;
+      } catch { /* not yet */ }
+      if (Date.now() > deadline) {
+        await driver.stop("SIGKILL");
+        throw new Error(`driver did not answer Probe within 20 s:\n${logs}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return driver;
+}

@@ -1,0 +1,46 @@
+/**
+ * `deno task start`: runs the driver under its permission set, re-targeted to the paths given on
+ * the command line. Relative paths are resolved here; missing local directories are created so the
+ * driver can be tried without a cluster. Signals are passed on; the driver's exit code is returned.
+ */
+import { ConfigError, parseInvocation } from "../lib/config.ts";
+import { dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { driverRunArgs } from "../lib/permissions.ts";
+
+const entry = fileURLToPath(new URL("../main.ts", import.meta.url));
+let invocation;
+try {
+  invocation = parseInvocation(Deno.args, {
+    getEnv: (name) => Deno.env.get(name),
+    cwd: Deno.cwd(),
+  });
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error;
+  Deno.stderr.writeSync(new TextEncoder().encode(`spiffe-csi-driver: ${error.message} (see -h)\n`));
+  Deno.exit(2);
+}
+
+let args: string[];
+if (invocation.command === "help" || invocation.command === "version") {
+  args = ["run", "--no-prompt", entry, ...Deno.args];
+} else {
+  const { config } = invocation;
+  for (
+    const dir of [config.socketDir, dirname(config.csiSocketPath), `${config.kubeletDir}/pods`]
+  ) {
+    await Deno.mkdir(dir, { recursive: true });
+  }
+  const extra = invocation.command === "diagnose" ? ["diagnose"] : [];
+  if (invocation.command === "diagnose" && invocation.registrationDir) {
+    extra.push(`-registration-dir=${invocation.registrationDir}`);
+  }
+  args = driverRunArgs(config, entry, extra);
+}
+
+const child = new Deno.Command(Deno.execPath(), { args, stdin: "null" }).spawn();
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  Deno.addSignalListener(signal, () => child.kill(signal));
+}
+const status = await child.status;
+Deno.exit(status.code);
