@@ -1,0 +1,39 @@
+/** Test environment facts. */
+
+/** True inside tests/run.sh's private mount namespace (root): real-mount tests run. */
+export const REAL_MOUNTS = Deno.env.get("SPIFFE_CSI_REAL_MOUNTS") === "1";
+
+/** A kubelet-shaped temp tree: `<root>/agent` (socket dir), `<root>/kubelet/pods`, `<root>/csi/csi.sock`. */
+export interface TempTree {
+  root: string;
+  socketDir: string;
+  kubeletDir: string;
+  csiSocketPath: string;
+  /** `<kubelet>/pods/<uid>/volumes/kubernetes.io~csi/<vol>/mount`, with the parent created (0750) as kubelet does. */
+  target(uid: string, volume?: string): Promise<string>;
+  /** Removes the tree (only after every mount in it is gone). */
+  remove(): Promise<void>;
+}
+
+/** Makes a fresh temp tree. */
+export async function makeTempTree(prefix = "spiffe-csi-test-"): Promise<TempTree> {
+  const root = await Deno.makeTempDir({ prefix });
+  const tree: TempTree = {
+    root,
+    socketDir: `${root}/agent`,
+    kubeletDir: `${root}/kubelet`,
+    csiSocketPath: `${root}/csi/csi.sock`,
+    async target(uid, volume = "spiffe") {
+      const parent = `${root}/kubelet/pods/${uid}/volumes/kubernetes.io~csi/${volume}`;
+      await Deno.mkdir(parent, { recursive: true, mode: 0o750 });
+      return `${parent}/mount`;
+    },
+    async remove() {
+      await Deno.remove(root, { recursive: true });
+    },
+  };
+  await Deno.mkdir(tree.socketDir, { recursive: true });
+  await Deno.mkdir(`${root}/csi`, { recursive: true });
+  await Deno.mkdir(`${root}/kubelet/pods`, { recursive: true });
+  return tree;
+}
