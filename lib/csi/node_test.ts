@@ -1,0 +1,320 @@
+import assert from "node:assert/strict";
+import { Code, CsiError } from "./errors.ts";
+import { createNodeService, validatePublish } from "./node.ts";
+import type { NodePublishVolumeRequest } from "./types.ts";
+import { FakeMounter } from "../../tests/_fake_mounter.ts";
+import { makeTempTree } from "../../tests/_env.ts";
+import { publishRequest } from "../../tests/_csi_client.ts";
+
+function request(
+  mutate: (r: NodePublishVolumeRequest) => void = () => {},
+): NodePublishVolumeRequest {
+  const r = structuredClone(
+    publishRequest("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/v/mount"),
+  ) as NodePublishVolumeRequest;
+  mutate(r);
+  return r;
+}
+
+const CASES: { desc: string; mutate: (r: NodePublishVolumeRequest) => void; message: string }[] = [
+  {
+    desc: "missing volume id",
+    mutate: (r) => delete r.volume_id,
+    message: "request missing required volume id",
+  },
+  {
+    desc: "missing target path",
+    mutate: (r) => (r.target_path = ""),
+    message: "request missing required target path",
+  },
+  {
+    desc: "missing capability",
+    mutate: (r) => (r.volume_capability = null),
+    message: "request missing required volume capability",
+  },
+  {
+    desc: "missing access type",
+    mutate: (r) => (r.volume_capability = { access_mode: { mode: "SINGLE_NODE_WRITER" } }),
+    message: "request missing required volume capability access type",
+  },
+  {
+    desc: "block access",
+    mutate: (
+      r,
+    ) => (r.volume_capability = { block: {}, access_mode: { mode: "SINGLE_NODE_WRITER" } }),
+    message: "request volume capability access type must be a simple mount",
+  },
+  {
+    desc: "fs type set",
+    mutate: (r) => (r.volume_capability!.mount = { fs_type: "ext4", mount_flags: [] }),
+    message: "request volume capability access type must be a simple mount",
+  },
+  {
+    desc: "mount flags set",
+    mutate: (r) => (r.volume_capability!.mount = { fs_type: "", mount_flags: ["ro"] }),
+    message: "request volume capability access type must be a simple mount",
+  },
+  {
+    desc: "missing access mode",
+    mutate: (r) => (r.volume_capability!.access_mode = null),
+    message: "request missing required volume capability access mode",
+  },
+  {
+    desc: "read-only access mode",
+    mutate: (r) => (r.volume_capability!.access_mode = { mode: "SINGLE_NODE_READER_ONLY" }),
+    message: "request volume capability access mode is not valid",
+  },
+  {
+    desc: "readonly false",
+    mutate: (r) => (r.readonly = false),
+    message: "pod.spec.volumes[].csi.readOnly must be set to 'true'",
+  },
+  {
+    desc: "no volume context",
+    mutate: (r) => (r.volume_context = {}),
+    message: "only ephemeral volumes are supported",
+  },
+  {
+    desc: "ephemeral false",
+    mutate: (r) => (r.volume_context = { "csi.storage.k8s.io/ephemeral": "false" }),
+    message: "only ephemeral volumes are supported",
+  },
+];
+
+Deno.test("validatePublish() rejects each bad request with upstream's message, in upstream's order", () => {
+  for (const { desc, mutate, message } of CASES) {
+    assert.throws(() => validatePublish(request(mutate)), (error: unknown) => {
+      assert.ok(error instanceof CsiError, desc);
+      assert.equal(error.code, Code.INVALID_ARGUMENT, desc);
+      assert.equal(error.message, message, desc);
+      return true;
+    });
+  }
+  // Several problems at once: the first in upstream's order wins.
+  assert.throws(
+    () => validatePublish(request((r) => Object.assign(r, { volume_id: "", readonly: false }))),
+    /request missing required volume id/,
+  );
+  validatePublish(request());
+});
+
+async function service() {
+  const tree = await makeTempTree();
+  const mounter = new FakeMounter();
+  const node = createNodeService({
+    nodeId: "node-1",
+    socketDir: tree.socketDir,
+    kubeletDir: tree.kubeletDir,
+    mounter,
+  });
+  return { tree, mounter, node };
+}
+
+Deno.test("NodePublishVolume confines targets to the kubelet pods dir and mounts nothing otherwise", async () => {
+  const { tree, mounter, node } = await service();
+  try {
+    const good = await tree.target("uid-1");
+    const bad: [string, RegExp, Record<string, string>?][] = [
+      ["/etc/passwd", /is not under/],
+      [
+        `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/../../etc/mount`,
+        /not a normalized path/,
+      ],
+      [`${tree.kubeletDir}/pods/uid-1//volumes/kubernetes.io~csi/v/mount`, /not a normalized path/],
+      [`${good}/`, /not a normalized path/],
+      [
+        `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~empty-dir/v/mount`,
+        /is not .*kubernetes.io~csi/,
+      ],
+      [`${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/other`, /is not /],
+      [`${good}\nx`, /control characters/],
+      [good, /does not match csi.storage.k8s.io\/pod.uid "uid-2"/, {
+        "csi.storage.k8s.io/pod.uid": "uid-2",
+      }],
+    ];
+    for (const [target, message, context] of bad) {
+      await assert.rejects(
+        node.NodePublishVolume(request((r) => {
+          r.target_path = target;
+          Object.assign(r.volume_context!, context ?? {});
+        })),
+        (error: unknown) => {
+          assert.ok(error instanceof CsiError);
+          assert.equal(error.code, Code.INVALID_ARGUMENT, target);
+          assert.match(error.message, message);
+          return true;
+        },
+      );
+    }
+    assert.deepEqual(mounter.calls, []);
+  } finally {
+    await tree.remove();
+  }
+});
+
+Deno.test("NodePublishVolume refuses a symlinked component and creates nothing through it", async () => {
+  const { tree, mounter, node } = await service();
+  try {
+    const outside = `${tree.root}/outside`;
+    await Deno.mkdir(outside);
+    await Deno.mkdir(`${tree.kubeletDir}/pods/uid-1/volumes`, { recursive: true });
+    await Deno.symlink(outside, `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi`);
+    await Deno.mkdir(`${outside}/v`);
+    await assert.rejects(
+      node.NodePublishVolume(request((r) => {
+        r.target_path = `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/mount`;
+      })),
+      /component .*kubernetes.io~csi" is a symlink/,
+    );
+    assert.deepEqual([...Deno.readDirSync(`${outside}/v`)], []);
+    assert.deepEqual(mounter.calls, []);
+  } finally {
+    await tree.remove();
+  }
+});
+
+Deno.test("NodePublishVolume creates the target 0750 and removes it again when the mount fails", async () => {
+  const { tree, mounter, node } = await service();
+  try {
+    const target = await tree.target("uid-1");
+    mounter.failBind = "mount: permission denied";
+    await assert.rejects(
+      node.NodePublishVolume(request((r) => (r.target_path = target))),
+      (error) => {
+        assert.ok(error instanceof CsiError);
+        assert.equal(error.code, Code.INTERNAL);
+        assert.equal(
+          error.message,
+          `unable to mount ${JSON.stringify(target)}: mount: permission denied`,
+        );
+        return true;
+      },
+    );
+    assert.deepEqual(mounter.calls, [{ action: "bind", source: tree.socketDir, target }]);
+    await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
+  } finally {
+    await tree.remove();
+  }
+});
+
+Deno.test("NodePublishVolume fails with Internal when the target's parent is missing", async () => {
+  const { tree, mounter, node } = await service();
+  try {
+    const target = `${tree.kubeletDir}/pods/uid-9/volumes/kubernetes.io~csi/v/mount`;
+    await assert.rejects(
+      node.NodePublishVolume(request((r) => (r.target_path = target))),
+      (error) => {
+        assert.ok(error instanceof CsiError);
+        assert.equal(error.code, Code.INTERNAL);
+        assert.match(error.message, /^unable to create target path /);
+        return true;
+      },
+    );
+    assert.deepEqual(mounter.calls, []);
+  } finally {
+    await tree.remove();
+  }
+});
+
+Deno.test("NodePublishVolume undoes a mount that did not land on the socket dir", async () => {
+  // The fake mounter mounts nothing, so the post-mount identity check must catch it and undo.
+  const { tree, mounter, node } = await service();
+  try {
+    const target = await tree.target("uid-1");
+    await assert.rejects(
+      node.NodePublishVolume(request((r) => (r.target_path = target))),
+      /the new mount is not at the target path/,
+    );
+    assert.deepEqual(mounter.calls.map((c) => c.action), ["bind", "unmount"]);
+    await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
+  } finally {
+    await tree.remove();
+  }
+});
+
+Deno.test("NodeUnpublishVolume validates, and succeeds for a missing or unmounted target", async () => {
+  const { tree, mounter, node } = await service();
+  try {
+    await assert.rejects(
+      node.NodeUnpublishVolume({ target_path: "/x" }),
+      /request missing required volume id/,
+    );
+    await assert.rejects(
+      node.NodeUnpublishVolume({ volume_id: "v" }),
+      /request missing required target path/,
+    );
+    await assert.rejects(
+      node.NodeUnpublishVolume({ volume_id: "v", target_path: "/etc" }),
+      /is not under/,
+    );
+    const target = await tree.target("uid-1");
+    assert.deepEqual(await node.NodeUnpublishVolume({ volume_id: "v", target_path: target }), {});
+    await Deno.mkdir(target);
+    assert.deepEqual(await node.NodeUnpublishVolume({ volume_id: "v", target_path: target }), {});
+    await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
+    assert.deepEqual(mounter.calls, [], "no umount for a plain directory");
+  } finally {
+    await tree.remove();
+  }
+});
+
+Deno.test("NodeGetVolumeStats: InvalidArgument, NotFound, then an abnormal condition with usage", async () => {
+  const { tree, node } = await service();
+  try {
+    await assert.rejects(
+      node.NodeGetVolumeStats({ volume_path: "/x" }),
+      /missing required volume id/,
+    );
+    await assert.rejects(
+      node.NodeGetVolumeStats({ volume_id: "v" }),
+      /missing required volume path/,
+    );
+    const target = await tree.target("uid-1");
+    await assert.rejects(
+      node.NodeGetVolumeStats({ volume_id: "v", volume_path: target }),
+      (error) => {
+        assert.ok(error instanceof CsiError);
+        assert.equal(error.code, Code.NOT_FOUND);
+        return true;
+      },
+    );
+    await assert.rejects(
+      node.NodeGetVolumeStats({ volume_id: "v", volume_path: "some/path" }),
+      (error) => {
+        assert.ok(error instanceof CsiError);
+        assert.equal(error.code, Code.NOT_FOUND);
+        return true;
+      },
+    );
+    await Deno.mkdir(target);
+    const stats = await node.NodeGetVolumeStats({ volume_id: "v", volume_path: target });
+    assert.equal(stats.volume_condition.abnormal, true);
+    assert.match(
+      stats.volume_condition.message,
+      /not a mount of the Workload API socket directory/,
+    );
+    assert.deepEqual(stats.usage.map((u) => u.unit), ["BYTES", "INODES"]);
+  } finally {
+    await tree.remove();
+  }
+});
+
+Deno.test("NodeGetInfo, NodeGetCapabilities and the unsupported RPCs", async () => {
+  const { tree, node } = await service();
+  try {
+    assert.deepEqual(await node.NodeGetInfo({}), { node_id: "node-1", max_volumes_per_node: "0" });
+    assert.deepEqual(
+      (await node.NodeGetCapabilities({})).capabilities.map((c) => c.rpc.type).sort(),
+      ["GET_VOLUME_STATS", "VOLUME_CONDITION"],
+    );
+    for (const rpc of ["NodeStageVolume", "NodeUnstageVolume", "NodeExpandVolume"] as const) {
+      await assert.rejects(node[rpc]({}), (error) => {
+        assert.ok(error instanceof CsiError);
+        assert.equal(error.code, Code.UNIMPLEMENTED);
+        return true;
+      });
+    }
+  } finally {
+    await tree.remove();
+  }
+});
