@@ -51,6 +51,7 @@ async function main(args: string[]): Promise<number> {
       nodeId: config.nodeId,
       socketDir: config.socketDir,
       kubeletDir: config.kubeletDir,
+      socketNames: config.socketNames,
       mounter,
     }),
   });

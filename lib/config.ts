@@ -70,6 +70,12 @@ const FLAGS: Record<string, FlagSpec> = {
   },
   "plugin-name": { type: "string", default: "csi.spiffe.io", help: "Plugin name to register" },
   "workload-api-socket-dir": { type: "string", help: "Path to the Workload API socket directory" },
+  "workload-api-socket-names": {
+    type: "string",
+    default: "api.sock,spire-agent.sock,agent.sock",
+    help:
+      "Comma-separated names of the Workload API sockets in the socket dir that health checks may connect to",
+  },
   "kubelet-dir": {
     type: "string",
     default: "/var/lib/kubelet",
@@ -168,7 +174,14 @@ export function parseInvocation(args: string[], options: ParseOptions = {}): Inv
       `-plugin-name must be 2-63 characters of a CSI plugin name: "${pluginName}"`,
     );
   }
+  const socketNames = (str("workload-api-socket-names") ?? "").split(",").filter((n) => n !== "");
+  if (socketNames.length === 0 || socketNames.some((n) => !/^[^/\0\n]+$/.test(n) || n === "..")) {
+    throw new ConfigError(
+      "-workload-api-socket-names must be a comma-separated list of file names",
+    );
+  }
   const config: Config = {
+    socketNames,
     nodeId,
     nodeIdEnv,
     pluginName,
@@ -202,6 +215,7 @@ export function configToArgs(config: Config): string[] {
     `-node-id=${config.nodeId}`,
     `-node-id-env=${config.nodeIdEnv}`,
     `-plugin-name=${config.pluginName}`,
+    `-workload-api-socket-names=${config.socketNames.join(",")}`,
     `-kubelet-dir=${config.kubeletDir}`,
     `-mount-path=${config.mountPath}`,
     `-umount-path=${config.umountPath}`,

@@ -4,6 +4,8 @@
 export interface Mounter {
   /** Bind-mounts `source` onto `target` (read-write on the host) and hardens it with nosuid,nodev,noexec. */
   bindMount(source: string, target: string): Promise<void>;
+  /** Re-applies nosuid,nodev,noexec to the mount at `target` (a crash can fall between bind and hardening). */
+  harden?(target: string): Promise<void>;
   /** Unmounts the top mount at `target`. */
   unmount(target: string): Promise<void>;
   /** The mount table as `mount` prints it (for audits, never on the publish path). */
@@ -43,14 +45,19 @@ export class SystemMounter implements Mounter {
   }
 
   async bindMount(source: string, target: string): Promise<void> {
-    const [bind, harden] = bindArgs(source, target) as [string[], string[]];
+    const [bind] = bindArgs(source, target) as [string[]];
     await this.#run(this.#options.mountPath, bind);
     try {
-      await this.#run(this.#options.mountPath, harden);
+      await this.harden(target);
     } catch (error) {
       await this.#run(this.#options.umountPath, [target]).catch(() => {});
       throw error;
     }
+  }
+
+  async harden(target: string): Promise<void> {
+    const [, harden] = bindArgs("", target) as [string[], string[]];
+    await this.#run(this.#options.mountPath, harden);
   }
 
   async unmount(target: string): Promise<void> {

@@ -20,6 +20,8 @@ export interface DriverPaths {
   mountPath: string;
   /** Absolute path of the umount binary. */
   umountPath: string;
+  /** Names of the Workload API sockets the driver may connect to (health checks). */
+  socketNames: string[];
 }
 
 /** A permission set: allowlists by kind, as in deno.json. */
@@ -39,6 +41,7 @@ export const CONTAINER_PATHS: Readonly<DriverPaths> = Object.freeze({
   nodeIdEnv: "MY_NODE_NAME",
   mountPath: "/usr/bin/mount",
   umountPath: "/usr/bin/umount",
+  socketNames: ["api.sock", "spire-agent.sock", "agent.sock"],
 });
 
 /** The permission set as written in deno.json, for the container layout. */
@@ -55,9 +58,10 @@ export function declaredPermissionSet(): PermissionSet {
 
 /** The driver's permission set re-targeted to `paths`. */
 export function permissionSet(paths: DriverPaths): PermissionSet {
-  for (const key of Object.keys(CONTAINER_PATHS) as (keyof DriverPaths)[]) {
-    if (paths[key].includes(",")) {
-      throw new RangeError(`${key} must not contain a comma: ${paths[key]}`);
+  const keys = Object.keys(CONTAINER_PATHS) as (keyof DriverPaths)[];
+  for (const value of keys.flatMap((key) => paths[key])) {
+    if (value.includes(",")) {
+      throw new RangeError(`permission paths must not contain a comma: ${value}`);
     }
   }
   const declared = declaredPermissionSet();
@@ -65,9 +69,14 @@ export function permissionSet(paths: DriverPaths): PermissionSet {
   return {
     read: declared.read.map(retarget),
     write: declared.write.map(retarget),
-    net: declared.net.map((entry) =>
-      entry.startsWith("unix:") ? `unix:${retarget(entry.slice(5))}` : entry
-    ),
+    // `unix:<socket dir>/*` stands for each Workload API socket name: Deno allows unix sockets by
+    // exact path only, so the driver can connect to exactly the names it is configured with.
+    net: declared.net.flatMap((entry) => {
+      if (!entry.startsWith("unix:")) return [entry];
+      const path = retarget(entry.slice(5));
+      if (!path.endsWith("/*")) return [`unix:${path}`];
+      return paths.socketNames.map((name) => `unix:${path.slice(0, -1)}${name}`);
+    }),
     env: declared.env.map((name) => name === CONTAINER_PATHS.nodeIdEnv ? paths.nodeIdEnv : name),
     run: declared.run.map(retarget),
   };

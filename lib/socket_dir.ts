@@ -15,6 +15,10 @@ export interface InspectOptions {
   timeoutMs: number;
   /** Only check that the directory can be listed; do not connect. */
   listOnly?: boolean;
+  /** Socket names that may be connected to (the permission set allows exactly these). */
+  names?: string[];
+  /** Connect through this directory instead of `dir` (the same directory, seen through its bind). */
+  connectDir?: string;
 }
 
 /** Lists `dir` and, unless listOnly, connects to each Unix socket in it until one accepts. */
@@ -28,7 +32,7 @@ export async function inspectSocketDir(
     for await (const entry of Deno.readDir(dir)) {
       entries++;
       if (!entry.isFile && !entry.isDirectory && !entry.isSymlink) {
-        sockets.push(`${dir}/${entry.name}`);
+        sockets.push(entry.name);
       }
     }
   } catch (error) {
@@ -43,8 +47,18 @@ export async function inspectSocketDir(
       entries,
     };
   }
-  for (const path of sockets) {
-    if (await accepts(path, options.timeoutMs)) {
+  const allowed = sockets.filter((name) => options.names?.includes(name) ?? true);
+  if (allowed.length === 0) {
+    return {
+      healthy: false,
+      message: `no Unix socket in the volume has a name listed in -workload-api-socket-names: ${
+        JSON.stringify(sockets.slice(0, 5))
+      }`,
+      entries,
+    };
+  }
+  for (const name of allowed) {
+    if (await accepts(`${options.connectDir ?? dir}/${name}`, options.timeoutMs)) {
       return { healthy: true, message: "a Workload API socket accepts connections", entries };
     }
   }

@@ -30,6 +30,8 @@ export interface NodeOptions {
   mounter: Mounter;
   /** Most layers one unpublish removes before it gives up (kubelet retries). Default 10,000. */
   maxLayers?: number;
+  /** Workload API socket names that volume health checks may connect to. */
+  socketNames: string[];
   /** How long a stats check waits for a Workload API socket to accept. Default 1 s. */
   socketTimeoutMs?: number;
 }
@@ -100,8 +102,12 @@ export function createNodeService(options: NodeOptions): NodeService {
     let mounted = false;
     try {
       if (!created) {
-        // Already published (kubelet retries, driver restarts): never stack a second layer.
-        if (await sameFile(path, socketDir)) return {};
+        // Already published (kubelet retries, driver restarts): never stack a second layer, but
+        // harden again: a driver killed between the bind and the hardening left it without flags.
+        if (await sameFile(path, socketDir)) {
+          await mounter.harden?.(path);
+          return {};
+        }
         // A stale layer (e.g. of a socket dir that was since replaced): clear it, start clean.
         const cleared = await unmountAndRemove(path, (p) => mounter.unmount(p), maxLayers);
         if (cleared.removed) {
@@ -202,7 +208,13 @@ export function createNodeService(options: NodeOptions): NodeService {
           },
         };
       }
-      const health = await inspectSocketDir(path, { timeoutMs: options.socketTimeoutMs ?? 1000 });
+      // List through the target (what the pod sees); connect through the socket dir, which the
+      // identity check above proved is the same directory (Deno allows unix sockets by exact path).
+      const health = await inspectSocketDir(path, {
+        timeoutMs: options.socketTimeoutMs ?? 1000,
+        names: options.socketNames,
+        connectDir: socketDir,
+      });
       return {
         usage: usage(health.entries),
         volume_condition: { abnormal: !health.healthy, message: health.message },

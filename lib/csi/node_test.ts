@@ -105,6 +105,7 @@ async function service() {
     nodeId: "node-1",
     socketDir: tree.socketDir,
     kubeletDir: tree.kubeletDir,
+    socketNames: ["api.sock"],
     mounter,
   });
   return { tree, mounter, node };

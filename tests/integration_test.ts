@@ -1,0 +1,361 @@
+// The real driver process, under its permission set, over real gRPC, with real bind mounts inside
+// tests/run.sh's private mount namespace.
+import assert from "node:assert/strict";
+import { status } from "@grpc/grpc-js";
+import { type DriverProcess, startDriver } from "./_driver.ts";
+import { CsiClient, publishRequest } from "./_csi_client.ts";
+import { makeTempTree, REAL_MOUNTS, type TempTree } from "./_env.ts";
+import { layersAt, parseMountListing } from "../lib/mount_table.ts";
+
+interface Setup {
+  tree: TempTree;
+  driver: DriverProcess;
+  client: CsiClient;
+}
+
+async function mountTable() {
+  const output = await new Deno.Command("/usr/bin/mount").output();
+  return parseMountListing(new TextDecoder().decode(output.stdout));
+}
+
+async function layers(target: string): Promise<number> {
+  return layersAt(await mountTable(), target);
+}
+
+async function mountsUnder(root: string): Promise<string[]> {
+  return (await mountTable()).map((e) => e.target).filter((t) => t.startsWith(`${root}/`));
+}
+
+async function bind(source: string, target: string): Promise<void> {
+  const output = await new Deno.Command("/usr/bin/mount", { args: ["--bind", source, target] })
+    .output();
+  assert.ok(output.success, new TextDecoder().decode(output.stderr));
+}
+
+/** Runs `fn` against a fresh driver and temp tree; unmounts whatever the test left, then cleans up. */
+function withDriver(fn: (s: Setup) => Promise<void>, flags: string[] = []): () => Promise<void> {
+  return async () => {
+    const tree = await makeTempTree();
+    const driver = await startDriver({ ...tree, flags });
+    const client = new CsiClient(tree.csiSocketPath);
+    try {
+      await fn({ tree, driver, client });
+    } catch (error) {
+      console.error(driver.logs());
+      throw error;
+    } finally {
+      client.close();
+      await driver.stop("SIGKILL");
+      for (const target of (await mountsUnder(tree.root)).reverse()) {
+        await new Deno.Command("/usr/bin/umount", { args: [target] }).output();
+      }
+      await tree.remove();
+    }
+  };
+}
+
+const test = (name: string, fn: () => Promise<void>) =>
+  Deno.test({ name, ignore: !REAL_MOUNTS, sanitizeResources: false, sanitizeOps: false, fn });
+
+test(
+  "publish bind-mounts the socket dir: a socket in it answers through the target",
+  withDriver(async ({ tree, client }) => {
+    const listener = Deno.listen({ transport: "unix", path: `${tree.socketDir}/api.sock` });
+    try {
+      const target = await tree.target("pod-a");
+      assert.deepEqual(await client.ok("NodePublishVolume", publishRequest(target)), {});
+      // The directory under the mount was created 0750: look at it through a bind of its parent
+      // (a plain bind does not carry the mounts below it).
+      const peek = `${tree.root}/peek`;
+      await Deno.mkdir(peek);
+      await bind(`${target}/..`, peek);
+      assert.equal((await Deno.stat(`${peek}/mount`)).mode! & 0o777, 0o750);
+      await new Deno.Command("/usr/bin/umount", { args: [peek] }).output();
+      const accepted = listener.accept();
+      const conn = await Deno.connect({ transport: "unix", path: `${target}/api.sock` });
+      const server = await accepted;
+      await conn.write(new TextEncoder().encode("hi"));
+      const buffer = new Uint8Array(2);
+      await server.read(buffer);
+      assert.equal(new TextDecoder().decode(buffer), "hi");
+      conn.close();
+      server.close();
+      // Read-write on the host (SELinux relabeling), hardened with nosuid,nodev,noexec.
+      const entry = (await mountTable()).find((e) => e.target === target);
+      assert.ok(entry, "mounted");
+      for (const flag of ["rw", "nosuid", "nodev", "noexec"]) {
+        assert.ok(entry.options.includes(flag), flag);
+      }
+    } finally {
+      listener.close();
+    }
+  }),
+);
+
+test(
+  "a second publish of the same target adds no mount layer",
+  withDriver(async ({ tree, client }) => {
+    const target = await tree.target("pod-a");
+    for (let i = 0; i < 3; i++) await client.ok("NodePublishVolume", publishRequest(target));
+    assert.equal(await layers(target), 1);
+  }),
+);
+
+test(
+  "unpublish removes every stacked layer and the directory",
+  withDriver(async ({ tree, client }) => {
+    const target = await tree.target("pod-a");
+    await client.ok("NodePublishVolume", publishRequest(target));
+    await bind(tree.socketDir, target);
+    await bind(tree.socketDir, target);
+    assert.equal(await layers(target), 3);
+    await client.ok("NodeUnpublishVolume", { volume_id: "v", target_path: target });
+    assert.equal(await layers(target), 0);
+    await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
+  }),
+);
+
+test(
+  "unpublish of a missing or unmounted target succeeds",
+  withDriver(async ({ tree, client }) => {
+    const target = await tree.target("pod-a");
+    await client.ok("NodeUnpublishVolume", { volume_id: "v", target_path: target });
+    await Deno.mkdir(target);
+    await client.ok("NodeUnpublishVolume", { volume_id: "v", target_path: target });
+    await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
+  }),
+);
+
+test(
+  "publish replaces a stale layer (a socket dir that was since replaced) instead of stacking on it",
+  withDriver(async ({ tree, client }) => {
+    const old = `${tree.root}/old-agent`;
+    await Deno.mkdir(old);
+    const target = await tree.target("pod-a");
+    await Deno.mkdir(target);
+    await bind(old, target);
+    await client.ok("NodePublishVolume", publishRequest(target));
+    assert.equal(await layers(target), 1);
+    const [a, b] = await Promise.all([Deno.stat(target), Deno.stat(tree.socketDir)]);
+    assert.equal(a.ino, b.ino);
+  }),
+);
+
+test(
+  "a failed mount leaves nothing mounted and no directory behind; the retry succeeds",
+  withDriver(async ({ tree, client }) => {
+    const target = await tree.target("pod-a");
+    await Deno.remove(tree.socketDir);
+    const result = await client.call("NodePublishVolume", publishRequest(target));
+    assert.equal(result.ok, false);
+    assert.equal(!result.ok && result.code, status.INTERNAL);
+    assert.match(!result.ok ? result.details : "", /^unable to mount ".*\/mount": /);
+    assert.equal(await layers(target), 0);
+    await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
+    await Deno.mkdir(tree.socketDir);
+    await client.ok("NodePublishVolume", publishRequest(target));
+    assert.equal(await layers(target), 1);
+  }),
+);
+
+test(
+  "volume stats report a healthy socket, a dead one, and a target that is not our mount",
+  withDriver(async ({ tree, client }) => {
+    const target = await tree.target("pod-a");
+    await client.ok("NodePublishVolume", publishRequest(target));
+    type Stats = {
+      usage: { unit: string }[];
+      volume_condition: { abnormal: boolean; message: string };
+    };
+    const stats = () =>
+      client.ok<Stats>("NodeGetVolumeStats", { volume_id: "v", volume_path: target });
+
+    let response = await stats();
+    assert.equal(response.volume_condition.abnormal, true);
+    assert.match(response.volume_condition.message, /no Unix socket in the volume/);
+    assert.deepEqual(response.usage.map((u) => u.unit), ["BYTES", "INODES"]);
+
+    const listener = Deno.listen({ transport: "unix", path: `${tree.socketDir}/api.sock` });
+    response = await stats();
+    assert.deepEqual(response.volume_condition, {
+      abnormal: false,
+      message: "a Workload API socket accepts connections",
+    });
+    listener.close();
+    // A socket file nobody listens on (an agent that died): bound, never listening.
+    const bound = await new Deno.Command("python3", {
+      args: [
+        "-c",
+        "import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])",
+        `${tree.socketDir}/api.sock`,
+      ],
+    }).output();
+    assert.ok(bound.success);
+    response = await stats();
+    assert.match(
+      response.volume_condition.message,
+      /no Unix socket in the volume accepts connections/,
+    );
+
+    await client.ok("NodeUnpublishVolume", { volume_id: "v", target_path: target });
+    await Deno.mkdir(target);
+    response = await stats();
+    assert.match(
+      response.volume_condition.message,
+      /not a mount of the Workload API socket directory/,
+    );
+    const missing = await client.call("NodeGetVolumeStats", {
+      volume_id: "v",
+      volume_path: `${target}x`,
+    });
+    assert.equal(!missing.ok && missing.code, status.NOT_FOUND);
+  }),
+);
+
+test(
+  "Probe is ready only while the socket dir can be listed",
+  withDriver(async ({ tree, client }) => {
+    type Probe = { ready: { value: boolean } };
+    assert.equal((await client.ok<Probe>("Probe")).ready.value, true);
+    await Deno.remove(tree.socketDir);
+    assert.equal((await client.ok<Probe>("Probe")).ready.value, false);
+    await Deno.mkdir(tree.socketDir);
+    assert.equal((await client.ok<Probe>("Probe")).ready.value, true);
+  }),
+);
+
+test(
+  "200 concurrent publishes of 200 targets, duplicates mixed in, leave exactly one layer each",
+  withDriver(async ({ tree, client }) => {
+    const targets: string[] = [];
+    for (let i = 0; i < 200; i++) targets.push(await tree.target(`pod-${i}`));
+    const requests = [...targets, ...targets.filter((_, i) => i % 4 === 0)];
+    const results = await Promise.all(
+      requests.map((t) => client.call("NodePublishVolume", publishRequest(t))),
+    );
+    assert.deepEqual(results.filter((r) => !r.ok), []);
+    const table = await mountTable();
+    for (const target of targets) assert.equal(layersAt(table, target), 1, target);
+    const undone = await Promise.all(
+      targets.map((t) => client.call("NodeUnpublishVolume", { volume_id: "v", target_path: t })),
+    );
+    assert.deepEqual(undone.filter((r) => !r.ok), []);
+    assert.deepEqual(await mountsUnder(tree.root), []);
+  }),
+);
+
+test(
+  "SIGTERM drains, removes the CSI socket, exits 0 and leaves published volumes mounted",
+  withDriver(async ({ tree, driver, client }) => {
+    const target = await tree.target("pod-a");
+    await client.ok("NodePublishVolume", publishRequest(target));
+    const exit = await driver.stop("SIGTERM");
+    assert.equal(exit.code, 0, driver.logs());
+    await assert.rejects(Deno.lstat(tree.csiSocketPath), Deno.errors.NotFound);
+    assert.equal(await layers(target), 1);
+    assert.match(driver.logs(), /published volumes stay mounted/);
+  }),
+);
+
+test(
+  "every RPC is logged with its fields, and secrets and service account tokens never are",
+  withDriver(async ({ tree, driver, client }) => {
+    const target = await tree.target("11111111-2222");
+    await client.ok(
+      "NodePublishVolume",
+      publishRequest(target, {
+        secrets: { password: "hunter2-secret-value" },
+        volume_context: {
+          "csi.storage.k8s.io/ephemeral": "true",
+          "csi.storage.k8s.io/pod.name": "web-0",
+          "csi.storage.k8s.io/pod.namespace": "shop",
+          "csi.storage.k8s.io/pod.uid": "11111111-2222",
+          "csi.storage.k8s.io/serviceAccount.name": "web",
+          "csi.storage.k8s.io/serviceAccount.tokens": '{"spire":{"token":"eyJtoken-value"}}',
+        },
+      }),
+    );
+    await driver.stop("SIGTERM");
+    const lines = driver.logs().trim().split("\n").map((line) => JSON.parse(line));
+    const rpc = lines.find((l) => l.properties?.method === "NodePublishVolume");
+    assert.ok(rpc, driver.logs());
+    assert.equal(rpc.level, "INFO");
+    assert.deepEqual(
+      { ...rpc.properties, duration_ms: typeof rpc.properties.duration_ms },
+      {
+        method: "NodePublishVolume",
+        code: "OK",
+        duration_ms: "number",
+        volume_id: "csi-0123456789abcdef",
+        target_path: target,
+        pod_name: "web-0",
+        pod_namespace: "shop",
+        pod_uid: "11111111-2222",
+      },
+    );
+    assert.doesNotMatch(driver.logs(), /hunter2|eyJtoken|serviceAccount\.tokens|password/);
+  }, ["-log-level=debug"]),
+);
+
+test(
+  "the start-up audit logs stacked layers, and -prune-stacked-mounts removes all but one",
+  async () => {
+    const tree = await makeTempTree();
+    const target = await tree.target("pod-a");
+    await Deno.mkdir(target);
+    try {
+      for (let i = 0; i < 3; i++) await bind(tree.socketDir, target);
+      const audit = await startDriver({ ...tree });
+      await waitFor(() => /Stacked mounts on/.test(audit.logs()));
+      await audit.stop();
+      assert.equal(await layers(target), 3, "audit alone changes nothing");
+      const prune = await startDriver({ ...tree, flags: ["-prune-stacked-mounts"] });
+      await waitFor(() => /Pruned/.test(prune.logs()));
+      await prune.stop();
+      assert.equal(await layers(target), 1);
+    } finally {
+      for (const t of (await mountsUnder(tree.root)).reverse()) {
+        await new Deno.Command("/usr/bin/umount", { args: [t] }).output();
+      }
+      await tree.remove();
+    }
+  },
+);
+
+test(
+  "the driver survives 1,000 calls on one connection (mixed OK and errors) and a disconnect",
+  withDriver(async ({ tree, driver }) => {
+    const client = new CsiClient(tree.csiSocketPath);
+    const codes = new Map<number, number>();
+    for (let i = 0; i < 1000; i++) {
+      const result = i % 2 === 0
+        ? await client.call("Probe")
+        : await client.call("NodePublishVolume", { volume_id: "" });
+      const code = result.ok ? 0 : result.code;
+      codes.set(code, (codes.get(code) ?? 0) + 1);
+    }
+    assert.deepEqual(Object.fromEntries(codes), { 0: 500, [status.INVALID_ARGUMENT]: 500 });
+    client.close();
+    await new Promise((r) => setTimeout(r, 500));
+    const fresh = new CsiClient(tree.csiSocketPath);
+    try {
+      assert.equal((await fresh.ok<{ name: string }>("GetPluginInfo")).name, "csi.spiffe.io");
+    } finally {
+      fresh.close();
+    }
+    assert.equal(driver.child.pid > 0 && (await isAlive(driver.child.pid)), true, driver.logs());
+  }),
+);
+
+async function isAlive(pid: number): Promise<boolean> {
+  const output = await new Deno.Command("/usr/bin/kill", { args: ["-0", String(pid)] }).output();
+  return output.success;
+}
+
+async function waitFor(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
