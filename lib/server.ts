@@ -43,7 +43,7 @@ function wrap(
     const fields = requestLogFields(call.request);
     try {
       const response = await handler(call.request);
-      log.info("RPC {method}", {
+      log.info("RPC succeeded", {
         [KEYS.method]: method,
         [KEYS.code]: "OK",
         [KEYS.durationMs]: elapsed(started),
@@ -53,7 +53,7 @@ function wrap(
     } catch (error) {
       const status = toRpcStatus(error);
       const level = status.code === grpc.status.INTERNAL ? "error" : "warn";
-      log[level]("RPC {method} failed", {
+      log[level]("RPC failed", {
         [KEYS.method]: method,
         [KEYS.code]: grpc.status[status.code],
         [KEYS.durationMs]: elapsed(started),

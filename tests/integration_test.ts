@@ -1,3 +1,4 @@
+// deno-lint-ignore-file no-console
 // The real driver process, under its permission set, over real gRPC, with real bind mounts inside
 // tests/run.sh's private mount namespace.
 import assert from "node:assert/strict";
