@@ -7,6 +7,7 @@ import { createNodeService } from "./lib/csi/node.ts";
 import { createServer, listen, shutdown } from "./lib/server.ts";
 import { inspectSocketDir } from "./lib/socket_dir.ts";
 import { auditStackedMounts } from "./lib/audit.ts";
+import { diagnose } from "./lib/diagnose.ts";
 
 const SHUTDOWN_GRACE_MS = 10_000;
 
@@ -26,8 +27,7 @@ async function main(args: string[]): Promise<number> {
   const { config } = invocation;
   const mounter = new SystemMounter({ mountPath: config.mountPath, umountPath: config.umountPath });
   if (invocation.command === "diagnose") {
-    writeLine(Deno.stderr, "spiffe-csi-driver: diagnose is not available in this build");
-    return 2;
+    return await diagnose(config, { mounter, registrationDir: invocation.registrationDir });
   }
 
   const log = await setupLogging({ level: config.logLevel, format: config.logFormat });

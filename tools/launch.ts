@@ -26,10 +26,13 @@ if (invocation.command === "help" || invocation.command === "version") {
   args = ["run", "--no-prompt", entry, ...Deno.args];
 } else {
   const { config } = invocation;
-  for (
-    const dir of [config.socketDir, dirname(config.csiSocketPath), `${config.kubeletDir}/pods`]
-  ) {
-    await Deno.mkdir(dir, { recursive: true });
+  // A local convenience for running the driver; diagnose must see the node as it is.
+  if (invocation.command === "run") {
+    for (
+      const dir of [config.socketDir, dirname(config.csiSocketPath), `${config.kubeletDir}/pods`]
+    ) {
+      await Deno.mkdir(dir, { recursive: true });
+    }
   }
   const extra = invocation.command === "diagnose" ? ["diagnose"] : [];
   if (invocation.command === "diagnose" && invocation.registrationDir) {
