@@ -348,34 +348,43 @@ export interface FetchedSvid {
   bundle: X509Certificate;
 }
 
-/**
- * Runs `spire-agent api fetch x509` as `uid` against `<socketDir>/api.sock`, writing into `outDir`
- * (which `uid` must be able to write). Returns the command's outcome and, on success, the SVID.
- */
+/** Options for fetchX509. */
+export interface FetchOptions {
+  /** The spire-agent binary (a copy `uid` can execute). Default: the one in SPIRE_BIN. */
+  agentBin?: string;
+  /** The directory holding the Workload API socket, as the workload sees it. */
+  socketDir: string;
+  /** The workload's Unix uid (and gid). */
+  uid: number;
+  /** Where the SVID, key and bundle are written; `uid` must be able to write there. */
+  outDir: string;
+  /** How long the fetch may take. Default 5 s. */
+  timeoutMs?: number;
+}
+
+/** Runs `spire-agent api fetch x509` as a workload; on success also returns the parsed SVID. */
 export async function fetchX509(
-  socketDir: string,
-  uid: number,
-  outDir: string,
-  timeoutMs = 5_000,
+  options: FetchOptions,
 ): Promise<{ result: RunResult; svid?: FetchedSvid }> {
+  const timeoutMs = options.timeoutMs ?? 5_000;
   const result = await run(
-    `${SPIRE_BIN}/spire-agent`,
+    options.agentBin ?? `${SPIRE_BIN}/spire-agent`,
     [
       "api",
       "fetch",
       "x509",
       "-socketPath",
-      `${socketDir}/api.sock`,
+      `${options.socketDir}/api.sock`,
       "-timeout",
-      `${Math.ceil(timeoutMs / 1000)}s`,
+      `${Math.max(1, Math.ceil(timeoutMs / 1000))}s`,
       "-write",
-      outDir,
+      options.outDir,
     ],
-    { uid, timeoutMs: timeoutMs + 5_000 },
+    { uid: options.uid, timeoutMs: timeoutMs + 5_000 },
   );
   if (result.code !== 0) return { result };
-  const svid = new X509Certificate(await Deno.readTextFile(`${outDir}/svid.0.pem`));
-  const bundle = new X509Certificate(await Deno.readTextFile(`${outDir}/bundle.0.pem`));
+  const svid = new X509Certificate(await Deno.readTextFile(`${options.outDir}/svid.0.pem`));
+  const bundle = new X509Certificate(await Deno.readTextFile(`${options.outDir}/bundle.0.pem`));
   const uri = /URI:(spiffe:\/\/[^,\s]+)/.exec(svid.subjectAltName ?? "");
   return { result, svid: { spiffeId: uri?.[1] ?? "", svid, bundle } };
 }
