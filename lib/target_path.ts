@@ -13,6 +13,10 @@ export interface TargetPath {
   components: string[];
 }
 
+// Linux PATH_MAX (less the terminating NUL) and NAME_MAX.
+const MAX_PATH_BYTES = 4095;
+const MAX_NAME_BYTES = 255;
+
 /** Quotes a client-supplied string for an error message, cut to a readable length. */
 export function quote(text: string, max = 200): string {
   const cut = text.length > max ? `${text.slice(0, max)}...` : text;
@@ -33,6 +37,15 @@ export function parseTargetPath(target: string, kubeletDir: string, podUid?: str
   const rest = target.slice(prefix.length).split("/");
   if (rest.some((part) => part === "" || part === "." || part === "..")) {
     throw invalidArgument(`target path ${quote(target)} is not a normalized path`);
+  }
+  // Longer paths fail in lstat with ENAMETOOLONG: reject them here, as the client's error.
+  const bytes = (text: string) => new TextEncoder().encode(text).length;
+  if (bytes(target) > MAX_PATH_BYTES || rest.some((part) => bytes(part) > MAX_NAME_BYTES)) {
+    throw invalidArgument(
+      `target path ${
+        quote(target)
+      } is too long (at most ${MAX_PATH_BYTES} bytes, ${MAX_NAME_BYTES} per name)`,
+    );
   }
   const [uid, volumes, plugin, volumeName, leaf] = rest;
   if (
