@@ -4,6 +4,7 @@ import type { Logger } from "./log.ts";
 import { layersUnder, parseMountListing } from "./mount_table.ts";
 import { parseTargetPath } from "./target_path.ts";
 import { sameFile } from "./fs_util.ts";
+import { PinnedTarget } from "./pinned_target.ts";
 
 /** A target with stacked layers. */
 export interface StackedTarget {
@@ -58,7 +59,8 @@ export async function auditStackedMounts(
       layers,
     });
     if (!options.prune) continue;
-    for (let i = 1; i < layers; i++) await options.mounter.unmount(target);
+    const pinned = new PinnedTarget(target);
+    for (let i = 1; i < layers; i++) await options.mounter.unmount(pinned);
     options.log.info("Pruned {count} extra layers on {target_path}", {
       target_path: target,
       count: layers - 1,

@@ -20,6 +20,7 @@ const ROOT = fileURLToPath(new URL("..", import.meta.url));
 function fakeMounter(listing: string | Error = ""): Mounter {
   return {
     bindMount: () => Promise.reject(new Error("not used")),
+    harden: () => Promise.reject(new Error("not used")),
     unmount: () => Promise.reject(new Error("not used")),
     list: () => listing instanceof Error ? Promise.reject(listing) : Promise.resolve(listing),
   };

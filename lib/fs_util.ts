@@ -1,8 +1,16 @@
 /** Small filesystem probes shared by the handlers: identity comparison and layer removal. */
+import type { PinnedTarget } from "./pinned_target.ts";
 
 /** True when `a` and `b` are the same directory (same device and inode): a bind of `b` at `a`. */
 export async function sameFile(a: string, b: string): Promise<boolean> {
   const [x, y] = await Promise.all([Deno.stat(a), Deno.stat(b)]);
+  return x.dev === y.dev && x.ino !== null && x.ino === y.ino;
+}
+
+/** sameFile, synchronously (for use while a target is pinned). */
+export function sameFileSync(a: string, b: string): boolean {
+  const x = Deno.statSync(a);
+  const y = Deno.statSync(b);
   return x.dev === y.dev && x.ino !== null && x.ino === y.ino;
 }
 
@@ -29,30 +37,38 @@ export interface RemoveResult {
   removed: boolean;
 }
 
+type Attempt = "removed" | "busy" | "not-empty";
+
+function tryRemove(name: string): Attempt {
+  try {
+    Deno.removeSync(name);
+    return "removed";
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return "removed";
+    if (isNotEmpty(error)) return "not-empty";
+    if (isBusy(error)) return "busy";
+    throw error;
+  }
+}
+
 /**
- * Removes the directory `path`, unmounting every layer stacked on it first. rmdir on a mount point
+ * Removes the target directory, unmounting every layer stacked on it first. rmdir on a mount point
  * fails with EBUSY, so each EBUSY means one more layer to unmount: no mount table scan and no extra
  * exec when the path is a plain directory. A path that does not exist counts as removed.
  */
 export async function unmountAndRemove(
-  path: string,
-  unmount: (path: string) => Promise<void>,
+  target: PinnedTarget,
+  unmount: (target: PinnedTarget) => Promise<void>,
   maxLayers: number,
 ): Promise<RemoveResult> {
   let unmounted = 0;
   while (true) {
-    try {
-      await Deno.remove(path);
-      return { unmounted, removed: true };
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) return { unmounted, removed: true };
-      if (isNotEmpty(error)) return { unmounted, removed: false };
-      if (!isBusy(error)) throw error;
-    }
+    const attempt = target.run(tryRemove);
+    if (attempt !== "busy") return { unmounted, removed: attempt === "removed" };
     if (unmounted >= maxLayers) {
       throw new Error(`still a mount point after ${unmounted} unmounts`);
     }
-    await unmount(path);
+    await unmount(target);
     unmounted++;
   }
 }

@@ -1,13 +1,15 @@
 /** The Mounter interface and the system mounter: mount/umount through Deno.Command, never a shell. */
+import type { MountTarget } from "./pinned_target.ts";
+import { CsiError } from "./csi/errors.ts";
 
 /** Bind mounts and unmounts; injected so tests can use a fake. */
 export interface Mounter {
   /** Bind-mounts `source` onto `target` (read-write on the host) and hardens it with nosuid,nodev,noexec. */
-  bindMount(source: string, target: string): Promise<void>;
+  bindMount(source: string, target: MountTarget): Promise<void>;
   /** Re-applies nosuid,nodev,noexec to the mount at `target` (a crash can fall between bind and hardening). */
-  harden?(target: string): Promise<void>;
+  harden(target: MountTarget): Promise<void>;
   /** Unmounts the top mount at `target`. */
-  unmount(target: string): Promise<void>;
+  unmount(target: MountTarget): Promise<void>;
   /** The mount table as `mount` prints it (for audits, never on the publish path). */
   list(): Promise<string>;
 }
@@ -17,9 +19,12 @@ export class MountError extends Error {
   override name = "MountError";
 }
 
+/** Which mount/umount implementation runs: they differ in the arguments they take. */
+export type MountFlavor = "util-linux" | "busybox";
+
 /** Options for SystemMounter. */
 export interface SystemMounterOptions {
-  /** Absolute path of mount (util-linux or a busybox symlink). */
+  /** Absolute path of mount (util-linux, or a busybox symlink). */
   mountPath: string;
   /** Absolute path of umount. */
   umountPath: string;
@@ -27,51 +32,82 @@ export interface SystemMounterOptions {
   timeoutMs?: number;
 }
 
-/** The argv for a bind mount: a pure function so tests can check it. */
-export function bindArgs(source: string, target: string): string[][] {
-  return [
-    ["--bind", source, target],
-    // busybox ignores flags given with --bind, so harden in a second step (util-linux accepts both).
-    ["-o", "remount,bind,nosuid,nodev,noexec", target],
-  ];
+const HARDEN = "remount,bind,nosuid,nodev,noexec";
+
+/**
+ * The argv for each operation (pure, so tests can check it). util-linux takes the pinned path and,
+ * with --no-canonicalize, hands it to the kernel as is. busybox binds through the pinned path too,
+ * but looks remount and umount targets up in the mount table by their real path, so those get the
+ * absolute path.
+ */
+export function mountArgs(
+  flavor: MountFlavor,
+  operation: "bind" | "harden" | "unmount",
+  target: MountTarget,
+  source = "",
+): string[] {
+  const canonical = flavor === "util-linux" ? ["--no-canonicalize"] : [];
+  const path = flavor === "util-linux" ? target.pinnedPath : target.path;
+  switch (operation) {
+    case "bind":
+      return [...canonical, "--bind", source, target.pinnedPath];
+    case "harden":
+      // A separate step: busybox ignores flags given together with --bind.
+      return [...canonical, "-o", HARDEN, path];
+    case "unmount":
+      return [...canonical, path];
+  }
 }
 
 /** Runs the system's mount and umount binaries by absolute path, with an empty environment. */
 export class SystemMounter implements Mounter {
   readonly #options: Required<SystemMounterOptions>;
+  #flavor: Promise<MountFlavor> | undefined;
 
   constructor(options: SystemMounterOptions) {
     this.#options = { timeoutMs: 30_000, ...options };
   }
 
-  async bindMount(source: string, target: string): Promise<void> {
-    const [bind] = bindArgs(source, target) as [string[]];
-    await this.#run(this.#options.mountPath, bind);
+  /** util-linux or busybox, found out once by asking mount for its version. */
+  flavor(): Promise<MountFlavor> {
+    this.#flavor ??= this.#run(this.#options.mountPath, ["-V"]).then(
+      (out) => out.includes("util-linux") ? "util-linux" : "busybox",
+      () => "busybox",
+    );
+    return this.#flavor;
+  }
+
+  async bindMount(source: string, target: MountTarget): Promise<void> {
+    const flavor = await this.flavor();
+    await this.#run(this.#options.mountPath, mountArgs(flavor, "bind", target, source), target);
     try {
       await this.harden(target);
     } catch (error) {
-      await this.#run(this.#options.umountPath, [target]).catch(() => {});
+      await this.unmount(target).catch(() => {});
       throw error;
     }
   }
 
-  async harden(target: string): Promise<void> {
-    const [, harden] = bindArgs("", target) as [string[], string[]];
-    await this.#run(this.#options.mountPath, harden);
+  async harden(target: MountTarget): Promise<void> {
+    const flavor = await this.flavor();
+    await this.#run(this.#options.mountPath, mountArgs(flavor, "harden", target), target);
   }
 
-  async unmount(target: string): Promise<void> {
-    await this.#run(this.#options.umountPath, [target]);
+  async unmount(target: MountTarget): Promise<void> {
+    const flavor = await this.flavor();
+    await this.#run(this.#options.umountPath, mountArgs(flavor, "unmount", target), target);
   }
 
   list(): Promise<string> {
     return this.#run(this.#options.mountPath, []);
   }
 
-  async #run(command: string, args: string[]): Promise<string> {
+  // With a target, the child is spawned synchronously right after pinning, so it inherits the
+  // pinned working directory before anything else can move it.
+  async #run(command: string, args: string[], target?: MountTarget): Promise<string> {
     let output: Deno.CommandOutput;
     try {
-      output = await new Deno.Command(command, {
+      const cmd = new Deno.Command(command, {
         args,
         clearEnv: true,
         env: { LC_ALL: "C" },
@@ -79,15 +115,19 @@ export class SystemMounter implements Mounter {
         stdout: "piped",
         stderr: "piped",
         signal: AbortSignal.timeout(this.#options.timeoutMs),
-      }).output();
+      });
+      target?.pin();
+      output = await cmd.spawn().output();
     } catch (error) {
+      if (error instanceof CsiError) throw error;
       const reason = error instanceof Error ? error.message : String(error);
       throw new MountError(`${command} could not run: ${reason}`, { cause: error });
     }
     if (!output.success) {
       const stderr = new TextDecoder().decode(output.stderr).trim().replaceAll("\n", "; ");
       const how = output.signal ? `killed by ${output.signal}` : `exit status ${output.code}`;
-      throw new MountError(`${command} ${args.join(" ")}: ${how}${stderr ? `: ${stderr}` : ""}`);
+      const shown = target ? args.map((a) => a === target.pinnedPath ? target.path : a) : args;
+      throw new MountError(`${command} ${shown.join(" ")}: ${how}${stderr ? `: ${stderr}` : ""}`);
     }
     return new TextDecoder().decode(output.stdout);
   }

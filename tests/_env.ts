@@ -1,5 +1,8 @@
 /** Test environment facts. */
 
+// In-process handlers pin targets by changing the working directory; put it back afterwards.
+const START_DIR = Deno.cwd();
+
 /** True inside tests/run.sh's private mount namespace (root): real-mount tests run. */
 export const REAL_MOUNTS = Deno.env.get("SPIFFE_CSI_REAL_MOUNTS") === "1";
 
@@ -29,6 +32,7 @@ export async function makeTempTree(prefix = "spiffe-csi-test-"): Promise<TempTre
       return `${parent}/mount`;
     },
     async remove() {
+      Deno.chdir(START_DIR);
       await Deno.remove(root, { recursive: true });
     },
   };

@@ -1,9 +1,10 @@
 /** A Mounter that records calls and fails on demand (unit tests: no real mounts). */
 import { type Mounter, MountError } from "../lib/mount.ts";
+import type { MountTarget } from "../lib/pinned_target.ts";
 
 /** One recorded call. */
 export interface MountCall {
-  action: "bind" | "unmount" | "list";
+  action: "bind" | "harden" | "unmount" | "list";
   source?: string;
   target?: string;
 }
@@ -15,14 +16,21 @@ export class FakeMounter implements Mounter {
   failUnmount: string | undefined;
   listing = "";
 
-  bindMount(source: string, target: string): Promise<void> {
-    this.calls.push({ action: "bind", source, target });
+  bindMount(source: string, target: MountTarget): Promise<void> {
+    target.pin();
+    this.calls.push({ action: "bind", source, target: target.path });
     if (this.failBind) return Promise.reject(new MountError(this.failBind));
     return Promise.resolve();
   }
 
-  unmount(target: string): Promise<void> {
-    this.calls.push({ action: "unmount", target });
+  harden(target: MountTarget): Promise<void> {
+    this.calls.push({ action: "harden", target: target.path });
+    return Promise.resolve();
+  }
+
+  unmount(target: MountTarget): Promise<void> {
+    target.pin();
+    this.calls.push({ action: "unmount", target: target.path });
     if (this.failUnmount) return Promise.reject(new MountError(this.failUnmount));
     return Promise.resolve();
   }

@@ -12,7 +12,8 @@ import type {
 import type { Mounter } from "../mount.ts";
 import { KeyedLock } from "../keyed_lock.ts";
 import { assertNoSymlinks, parseTargetPath, quote, type TargetPath } from "../target_path.ts";
-import { sameFile, unmountAndRemove } from "../fs_util.ts";
+import { sameFileSync, unmountAndRemove } from "../fs_util.ts";
+import { lstatOrNull, PinnedTarget } from "../pinned_target.ts";
 import { inspectSocketDir } from "../socket_dir.ts";
 
 /** The volume context key kubelet sets for inline (ephemeral) volumes. */
@@ -46,6 +47,26 @@ export interface NodeService {
   NodeStageVolume(request: unknown): Promise<Empty>;
   NodeUnstageVolume(request: unknown): Promise<Empty>;
   NodeExpandVolume(request: unknown): Promise<Empty>;
+}
+
+/** Creates the target directory 0750 (relative to the pinned parent); false when it already exists. */
+function makeTargetDir(name: string): boolean {
+  try {
+    Deno.mkdirSync(name, { mode: 0o750 });
+  } catch (error) {
+    if (error instanceof Deno.errors.AlreadyExists) return false;
+    throw error;
+  }
+  Deno.chmodSync(name, 0o750);
+  return true;
+}
+
+function sameFileOrFalse(a: string, b: string): boolean {
+  try {
+    return sameFileSync(a, b);
+  } catch {
+    return false;
+  }
 }
 
 /** Checks a publish request in upstream's order, with upstream's messages (pure). */
@@ -86,49 +107,43 @@ export function createNodeService(options: NodeOptions): NodeService {
 
   async function publish(target: TargetPath, path: string): Promise<Empty> {
     await assertNoSymlinks(target);
-    let created = false;
+    const pinned = new PinnedTarget(path);
+    let created: boolean;
     try {
-      await Deno.mkdir(path, { mode: 0o750 });
-      await Deno.chmod(path, 0o750);
-      created = true;
+      created = pinned.run(makeTargetDir);
     } catch (error) {
-      if (!(error instanceof Deno.errors.AlreadyExists)) {
-        throw new CsiError(
-          Code.INTERNAL,
-          `unable to create target path ${quote(path)}: ${errorMessage(error)}`,
-        );
-      }
+      if (error instanceof CsiError) throw error;
+      throw new CsiError(
+        Code.INTERNAL,
+        `unable to create target path ${quote(path)}: ${errorMessage(error)}`,
+      );
     }
     let mounted = false;
     try {
       if (!created) {
         // Already published (kubelet retries, driver restarts): never stack a second layer, but
         // harden again: a driver killed between the bind and the hardening left it without flags.
-        if (await sameFile(path, socketDir)) {
-          await mounter.harden?.(path);
+        if (pinned.run((name) => sameFileSync(name, socketDir))) {
+          await mounter.harden(pinned);
           return {};
         }
         // A stale layer (e.g. of a socket dir that was since replaced): clear it, start clean.
-        const cleared = await unmountAndRemove(path, (p) => mounter.unmount(p), maxLayers);
-        if (cleared.removed) {
-          await Deno.mkdir(path, { mode: 0o750 });
-          await Deno.chmod(path, 0o750);
-          created = true;
-        }
+        const cleared = await unmountAndRemove(pinned, (t) => mounter.unmount(t), maxLayers);
+        if (cleared.removed) created = pinned.run(makeTargetDir);
       }
-      await assertNoSymlinks(target);
-      await mounter.bindMount(socketDir, path);
+      await mounter.bindMount(socketDir, pinned);
       mounted = true;
-      // A component swapped for a symlink between the check and the mount sends the mount
-      // elsewhere: find that out, and undo it through the same path.
-      await assertNoSymlinks(target);
-      if (!(await sameFile(path, socketDir))) {
+      if (!pinned.run((name) => sameFileSync(name, socketDir))) {
         throw new Error("the new mount is not at the target path");
       }
       return {};
     } catch (error) {
-      if (mounted) await mounter.unmount(path).catch(() => {});
-      if (created) await Deno.remove(path).catch(() => {});
+      if (mounted) await mounter.unmount(pinned).catch(() => {});
+      if (created) {
+        try {
+          pinned.run((name) => Deno.removeSync(name));
+        } catch { /* leave it: kubelet removes the directory after a final error */ }
+      }
       if (error instanceof CsiError) throw error;
       throw new CsiError(
         Code.INTERNAL,
@@ -140,13 +155,17 @@ export function createNodeService(options: NodeOptions): NodeService {
 
   async function unpublish(target: TargetPath, path: string): Promise<Empty> {
     await assertNoSymlinks(target);
+    const pinned = new PinnedTarget(path);
     try {
-      const result = await unmountAndRemove(path, (p) => mounter.unmount(p), maxLayers);
+      const result = await unmountAndRemove(pinned, (t) => mounter.unmount(t), maxLayers);
       if (!result.removed) {
         throw new Error("the target path is not a mount point and is not empty");
       }
       return {};
     } catch (error) {
+      if (error instanceof CsiError) throw error;
+      // The parent is gone too (node reboot, kubelet cleaned up): nothing is mounted there.
+      if (error instanceof Deno.errors.NotFound) return {};
       throw new CsiError(
         Code.INTERNAL,
         `unable to unmount ${quote(path)}: ${errorMessage(error)}`,
@@ -184,20 +203,25 @@ export function createNodeService(options: NodeOptions): NodeService {
           `volume path ${quote(path)} is not a volume of this driver`,
         );
       }
-      try {
-        await Deno.lstat(path);
-      } catch (error) {
-        if (error instanceof Deno.errors.NotFound) {
-          throw new CsiError(Code.NOT_FOUND, `volume path ${quote(path)} does not exist`);
-        }
-        throw error;
-      }
       await assertNoSymlinks(target);
+      const pinned = new PinnedTarget(path);
+      let found: { isBind: boolean } | null;
+      try {
+        found = pinned.run((name) =>
+          lstatOrNull(name) === null ? null : { isBind: sameFileOrFalse(name, socketDir) }
+        );
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+        found = null;
+      }
+      if (found === null) {
+        throw new CsiError(Code.NOT_FOUND, `volume path ${quote(path)} does not exist`);
+      }
       const usage = (inodes: number): NodeGetVolumeStatsResponse["usage"] => [
         { unit: "BYTES", available: "0", total: "0", used: "0" },
         { unit: "INODES", available: "0", total: String(inodes), used: String(inodes) },
       ];
-      if (!(await sameFile(path, socketDir).catch(() => false))) {
+      if (!found.isBind) {
         return {
           usage: usage(0),
           volume_condition: {

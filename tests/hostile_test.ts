@@ -1,0 +1,1101 @@
+/**
+ * Hostile-input suite: the real driver (under its permission set, real bind mounts) gets requests
+ * and bytes no kubelet would send. Every case must end with the expected status and a clear
+ * message, must create and mount nothing outside the allowed root, and must leave the driver
+ * answering Probe. Run inside tests/run.sh's private mount namespace:
+ * `sh tests/run.sh tests/hostile_test.ts`.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import * as grpc from "@grpc/grpc-js";
+import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
+import { type DriverProcess, startDriver } from "./_driver.ts";
+import { makeTempTree, REAL_MOUNTS, type TempTree } from "./_env.ts";
+import { layersAt, type MountEntry, parseMountListing } from "../lib/mount_table.ts";
+
+const { status } = grpc;
+const MIB = 1024 * 1024;
+const PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+function say(line: string): void {
+  Deno.stdout.writeSync(new TextEncoder().encode(`${line}\n`));
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function describe(result: CallResult): string {
+  return result.ok ? "OK" : `${status[result.code]}: ${result.details}`;
+}
+
+/** mulberry32: a small seeded PRNG, so a failing input can be replayed. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+async function mountTable(): Promise<MountEntry[]> {
+  const output = await new Deno.Command("/usr/bin/mount", { stdout: "piped", stderr: "piped" })
+    .output();
+  assert.ok(output.success, new TextDecoder().decode(output.stderr));
+  return parseMountListing(new TextDecoder().decode(output.stdout));
+}
+
+/** Every path under `dir` with its type and inode (symlinks are listed, never followed). */
+async function listTree(dir: string, out: string[] = []): Promise<string[]> {
+  for await (const entry of Deno.readDir(dir)) {
+    const path = `${dir}/${entry.name}`;
+    const info = await Deno.lstat(path);
+    const kind = info.isSymlink ? `-> ${await Deno.readLink(path)}` : info.isDirectory ? "dir" : "";
+    out.push(`${path} ${info.ino} ${kind}`);
+    if (info.isDirectory) await listTree(path, out);
+  }
+  return out.sort();
+}
+
+/** /etc as names, inodes and modification times (a created, removed or rewritten entry shows). */
+async function listEtc(dir = "/etc", out: string[] = []): Promise<string[]> {
+  const info = await Deno.lstat(dir);
+  out.push(`${dir} ${info.ino} ${info.mtime?.getTime()}`);
+  for await (const entry of Deno.readDir(dir)) {
+    const path = `${dir}/${entry.name}`;
+    if (entry.isDirectory) {
+      await listEtc(path, out);
+    } else {
+      const file = await Deno.lstat(path).catch(() => undefined);
+      out.push(`${path} ${file?.ino} ${file?.mtime?.getTime()} ${file?.size}`);
+    }
+  }
+  return out;
+}
+
+interface Snapshot {
+  mounts: string[];
+  tree: string[];
+  etc: string[];
+}
+
+async function snapshot(tree: TempTree): Promise<Snapshot> {
+  const mounts = (await mountTable()).map((entry) => `${entry.target} ${entry.options.join(",")}`);
+  return { mounts, tree: await listTree(tree.root), etc: await listEtc() };
+}
+
+/** The suite's state: one driver, one client, and the cases counted so far. */
+class Suite {
+  readonly tree: TempTree;
+  driver: DriverProcess;
+  client: CsiClient;
+  cases = 0;
+  readonly byGroup = new Map<string, number>();
+
+  constructor(tree: TempTree, driver: DriverProcess) {
+    this.tree = tree;
+    this.driver = driver;
+    this.client = new CsiClient(tree.csiSocketPath);
+  }
+
+  /** Counts one case of `group`. */
+  count(group: string, n = 1): void {
+    this.cases += n;
+    this.byGroup.set(group, (this.byGroup.get(group) ?? 0) + n);
+  }
+
+  /** Runs `body`, then asserts nothing changed (mounts, the temp tree, /etc) and Probe still works. */
+  async isolated(body: () => Promise<void>): Promise<void> {
+    const before = await snapshot(this.tree);
+    await body();
+    const after = await snapshot(this.tree);
+    assert.deepEqual(after.mounts, before.mounts, "the mount table changed");
+    assert.deepEqual(after.tree, before.tree, "the temp tree changed");
+    assert.deepEqual(after.etc, before.etc, "/etc changed");
+    await this.assertServing();
+  }
+
+  /** Asserts the driver is alive and answers Probe on a fresh connection. */
+  async assertServing(): Promise<void> {
+    const client = new CsiClient(this.tree.csiSocketPath);
+    try {
+      const result = await client.call("Probe", {}, 5000);
+      assert.ok(result.ok, `Probe after a hostile case: ${describe(result)}`);
+    } finally {
+      client.close();
+    }
+  }
+
+  /** Sends `request`, asserts the status code and a message matching `message`, and that nothing changed. */
+  async expect(
+    group: string,
+    method: string,
+    request: unknown,
+    code: grpc.status | grpc.status[],
+    message: RegExp,
+  ): Promise<void> {
+    this.count(group);
+    const codes = Array.isArray(code) ? code : [code];
+    await this.isolated(async () => {
+      const result = await this.client.call(method, request);
+      assert.ok(!result.ok, `${group}: ${method} succeeded`);
+      assert.ok(
+        codes.includes(result.code),
+        `${group}: expected ${codes.map((c) => status[c]).join(" or ")}, got ${describe(result)}`,
+      );
+      assert.match(result.details, message, `${group}: message`);
+      assert.ok(result.details.length < 1024, `${group}: message too long to read`);
+    });
+  }
+
+  /** Publishes `target` expecting OK (a strange but valid request), checks one layer there, unpublishes. */
+  async expectPublishable(group: string, target: string, overrides = {}): Promise<void> {
+    this.count(group);
+    await this.isolated(async () => {
+      const request = publishRequest(target, overrides);
+      const published = await this.client.call("NodePublishVolume", request);
+      assert.ok(published.ok, `${group}: ${describe(published)}`);
+      assert.equal(layersAt(await mountTable(), target), 1, `${group}: layers at ${target}`);
+      const unpublished = await this.client.call("NodeUnpublishVolume", {
+        volume_id: request.volume_id,
+        target_path: target,
+      });
+      assert.ok(unpublished.ok, `${group}: unpublish: ${describe(unpublished)}`);
+    });
+  }
+}
+
+const INVALID = status.INVALID_ARGUMENT;
+
+/** Request-shaped cases: bad paths, bad capabilities, bad context. */
+async function requestCases(suite: Suite): Promise<void> {
+  const { tree } = suite;
+  const pods = `${tree.kubeletDir}/pods`;
+  const target = await tree.target("pod-a");
+  const shape = /is not .*<pod-uid>\/volumes\/kubernetes\.io~csi\/<volume-name>\/mount/;
+  const notUnder = /is not under/;
+  const normalized = /is not a normalized path/;
+  const pathCases: [string, string, RegExp][] = [
+    [
+      "..",
+      `${pods}/pod-a/volumes/kubernetes.io~csi/spiffe/../../../../../../etc/mount`,
+      normalized,
+    ],
+    ["..", `${pods}/../../../../etc/volumes/kubernetes.io~csi/spiffe/mount`, normalized],
+    ["..", `${pods}/pod-a/volumes/kubernetes.io~csi/spiffe/mount/..`, normalized],
+    [
+      "..",
+      `${tree.kubeletDir}/../kubelet/pods/pod-a/volumes/kubernetes.io~csi/spiffe/mount`,
+      notUnder,
+    ],
+    ["..", `${pods}/pod-a/./volumes/kubernetes.io~csi/spiffe/mount`, normalized],
+    ["..", `${pods}/pod-a//volumes/kubernetes.io~csi/spiffe/mount`, normalized],
+    ["..", `${pods}/pod-a/volumes/kubernetes.io~csi/spiffe/mount/`, normalized],
+    ["..", `${pods}/..`, normalized],
+    ["elsewhere", "/etc", notUnder],
+    ["elsewhere", "/etc/", notUnder],
+    ["elsewhere", "/", notUnder],
+    ["elsewhere", "/var/lib/kubelet/pods/pod-a/volumes/kubernetes.io~csi/spiffe/mount", notUnder],
+    [
+      "elsewhere",
+      `${tree.kubeletDir}/pods-evil/pod-a/volumes/kubernetes.io~csi/spiffe/mount`,
+      notUnder,
+    ],
+    ["elsewhere", "kubelet/pods/pod-a/volumes/kubernetes.io~csi/spiffe/mount", notUnder],
+    ["elsewhere", `${pods}`, notUnder],
+    ["elsewhere", `${pods}/pod-a`, shape],
+    ["elsewhere", `${pods}/pod-a/volumes/kubernetes.io~csi/spiffe`, shape],
+    ["elsewhere", `${pods}/pod-a/volumes/kubernetes.io~empty-dir/spiffe/mount`, shape],
+    ["elsewhere", `${pods}/pod-a/volumes/kubernetes.io~csi/spiffe/mount/deeper`, shape],
+    ["control characters", `${pods}/pod-a/volumes/kubernetes.io~csi/spiffe/mount\0`, /control/],
+    ["control characters", `${pods}/pod-a\0/volumes/kubernetes.io~csi/spiffe/mount`, /control/],
+    ["control characters", `${pods}/pod-a\n/volumes/kubernetes.io~csi/spiffe/mount`, /control/],
+    ["control characters", `${pods}/pod-a/volumes/kubernetes.io~csi/spiffe\r/mount`, /control/],
+    [
+      "control characters",
+      `${pods}/\x1b[31mpod-a/volumes/kubernetes.io~csi/spiffe/mount`,
+      /control/,
+    ],
+    ["control characters", `${pods}/pod-a/volumes/kubernetes.io~csi/spiffe/mount\x7f`, /control/],
+    ["control characters", `/etc\0${pods}/pod-a/volumes/kubernetes.io~csi/spiffe/mount`, /control/],
+    ["unicode", `${pods}/pod-a/volumes/kubernetes.io~csi/spiffe/\u2025/mount`, shape],
+    ["unicode", `${pods}\u2215pod-a/volumes/kubernetes.io~csi/spiffe/mount`, notUnder],
+    ["unicode", `/\uff45tc/kubelet/pods/pod-a/volumes/kubernetes.io~csi/spiffe/mount`, notUnder],
+  ];
+  for (const [group, path, message] of pathCases) {
+    await suite.expect(group, "NodePublishVolume", publishRequest(path), INVALID, message);
+    await suite.expect(
+      group,
+      "NodeUnpublishVolume",
+      { volume_id: "csi-x", target_path: path },
+      INVALID,
+      message,
+    );
+  }
+  for (const path of ["/etc", "/", `${pods}/..`]) {
+    await suite.expect(
+      "elsewhere",
+      "NodeGetVolumeStats",
+      { volume_id: "csi-x", volume_path: path },
+      status.NOT_FOUND,
+      /is not a volume of this driver/,
+    );
+  }
+
+  const capability = (value: unknown) => publishRequest(target, { volume_capability: value });
+  const mount = { fs_type: "", mount_flags: [] };
+  const writer = { mode: "SINGLE_NODE_WRITER" };
+  const simple = /access type must be a simple mount/;
+  const requestCases: [string, Record<string, unknown>, RegExp][] = [
+    [
+      "pod uid mismatch",
+      publishRequest(target, { volume_context: ephemeral({ uid: "pod-b" }) }),
+      /does not match/,
+    ],
+    [
+      "pod uid mismatch",
+      publishRequest(target, { volume_context: ephemeral({ uid: "" }) }),
+      /does not match/,
+    ],
+    [
+      "pod uid mismatch",
+      publishRequest(target, { volume_context: ephemeral({ uid: "pod-a\n" }) }),
+      /does not match/,
+    ],
+    [
+      "pod uid mismatch",
+      publishRequest(target, { volume_context: ephemeral({ uid: "POD-A" }) }),
+      /does not match/,
+    ],
+    ["non-ephemeral", publishRequest(target, { volume_context: {} }), /only ephemeral volumes/],
+    [
+      "non-ephemeral",
+      publishRequest(target, { volume_context: { "csi.storage.k8s.io/ephemeral": "false" } }),
+      /only ephemeral volumes/,
+    ],
+    [
+      "non-ephemeral",
+      publishRequest(target, { volume_context: { "csi.storage.k8s.io/ephemeral": "TRUE" } }),
+      /only ephemeral volumes/,
+    ],
+    [
+      "readonly false",
+      publishRequest(target, { readonly: false }),
+      /readOnly must be set to 'true'/,
+    ],
+    [
+      "SINGLE_NODE_READER_ONLY",
+      capability({ mount, access_mode: { mode: "SINGLE_NODE_READER_ONLY" } }),
+      /access mode is not valid/,
+    ],
+    ["block access", capability({ block: {}, access_mode: writer }), simple],
+    [
+      "fs_type or mount_flags",
+      capability({ mount: { fs_type: "ext4", mount_flags: [] }, access_mode: writer }),
+      simple,
+    ],
+    [
+      "fs_type or mount_flags",
+      capability({ mount: { fs_type: "", mount_flags: ["rw"] }, access_mode: writer }),
+      simple,
+    ],
+    [
+      "fs_type or mount_flags",
+      capability({ mount: { fs_type: "", mount_flags: ["suid,dev,exec"] }, access_mode: writer }),
+      simple,
+    ],
+    [
+      "fs_type or mount_flags",
+      capability({ mount: { fs_type: "none", mount_flags: ["bind"] }, access_mode: writer }),
+      simple,
+    ],
+    ["missing fields", capability(null), /missing required volume capability/],
+    [
+      "missing fields",
+      capability({ access_mode: writer }),
+      /missing required volume capability access type/,
+    ],
+    ["missing fields", capability({ mount }), /missing required volume capability access mode/],
+    ["missing fields", publishRequest(target, { volume_id: "" }), /missing required volume id/],
+    ["missing fields", publishRequest(""), /missing required target path/],
+  ];
+  for (const [group, request, message] of requestCases) {
+    await suite.expect(group, "NodePublishVolume", request, INVALID, message);
+  }
+
+  // The unicode pod uid: NFC in the path, NFD in the context.
+  const nfc = "caf\u00e9";
+  const nfcTarget = await tree.target(nfc);
+  await suite.expect(
+    "unicode",
+    "NodePublishVolume",
+    publishRequest(nfcTarget, { volume_context: ephemeral({ uid: nfc.normalize("NFD") }) }),
+    INVALID,
+    /does not match/,
+  );
+  // Strange but valid: the volume id is opaque, names are any bytes but "/" and NUL.
+  for (
+    const uid of ["p\u00f6d-\u65e5\u672c-\u{1f642}", "a\uff0f..\uff0f..\uff0fetc", "\u202eevil"]
+  ) {
+    await suite.expectPublishable("unicode", await tree.target(uid), {
+      volume_context: ephemeral({ uid }),
+    });
+  }
+  await suite.expectPublishable("unicode", target, { volume_id: "csi-\u{1f642}-\ud800" });
+  await suite.expectPublishable("NUL and newline in ids", target, { volume_id: "csi-\0-x" });
+  await suite.expectPublishable("NUL and newline in ids", target, {
+    volume_id: 'csi-x\n{"level":"ERROR","message":"forged"}',
+  });
+  await suite.expectPublishable("NUL and newline in ids", target, {
+    volume_context: { ...ephemeral({}), "\0": "\n", "csi.storage.k8s.io/pod.name": "a\nb\0c" },
+  });
+  await suite.expect(
+    "NUL and newline in ids",
+    "NodePublishVolume",
+    publishRequest(target, { volume_context: ephemeral({ uid: "pod-a\0" }) }),
+    INVALID,
+    /does not match/,
+  );
+}
+
+function ephemeral(options: { uid?: string }): Record<string, string> {
+  const context: Record<string, string> = { "csi.storage.k8s.io/ephemeral": "true" };
+  if (options.uid !== undefined) context["csi.storage.k8s.io/pod.uid"] = options.uid;
+  return context;
+}
+
+/** Strings of 4 MiB (and just under): what the gRPC layer and the handlers make of them. */
+async function hugeCases(suite: Suite): Promise<void> {
+  const target = await suite.tree.target("pod-huge");
+  const pods = `${suite.tree.kubeletDir}/pods`;
+  const huge = "a".repeat(4 * MIB);
+  // A message over the server's 4 MiB limit never reaches a handler.
+  const tooLarge = /Received message larger than max/;
+  const overLimit: [string, unknown][] = [
+    ["NodePublishVolume", publishRequest(target, { volume_id: huge })],
+    ["NodePublishVolume", publishRequest(`${pods}/${huge}/volumes/kubernetes.io~csi/v/mount`)],
+    [
+      "NodePublishVolume",
+      publishRequest(target, { volume_context: { ...ephemeral({}), x: huge } }),
+    ],
+    ["NodePublishVolume", publishRequest(target, { secrets: { token: huge } })],
+    ["NodeUnpublishVolume", { volume_id: "csi-x", target_path: huge }],
+    ["NodeGetVolumeStats", { volume_id: huge, volume_path: target }],
+  ];
+  for (const [method, request] of overLimit) {
+    await suite.expect("4 MiB strings", method, request, status.RESOURCE_EXHAUSTED, tooLarge);
+  }
+  // Just under the limit the handlers see it, reject it, and quote only a short prefix.
+  const big = "a".repeat(4 * MIB - 4096);
+  await suite.expect(
+    "4 MiB strings",
+    "NodePublishVolume",
+    publishRequest(`${pods}/${big}/volumes/kubernetes.io~csi/v/mount`),
+    INVALID,
+    /is too long \(at most 4095 bytes, 255 per name\)/,
+  );
+  await suite.expect(
+    "4 MiB strings",
+    "NodeUnpublishVolume",
+    { volume_id: "csi-x", target_path: `${pods}/${big}/volumes/kubernetes.io~csi/v/mount` },
+    INVALID,
+    /is too long/,
+  );
+  // The system's own limits: a 256-byte name, a path over 4095 bytes.
+  await suite.expect(
+    "4 MiB strings",
+    "NodePublishVolume",
+    publishRequest(`${pods}/${"u".repeat(256)}/volumes/kubernetes.io~csi/v/mount`),
+    INVALID,
+    /is too long/,
+  );
+  await suite.expect(
+    "4 MiB strings",
+    "NodePublishVolume",
+    publishRequest(
+      `${pods}/u/volumes/kubernetes.io~csi/v/mount`.replace("/u/", `/${"\u00e9".repeat(128)}/`),
+    ),
+    INVALID,
+    /is too long/,
+  );
+  await suite.expect(
+    "4 MiB strings",
+    "NodePublishVolume",
+    publishRequest(target, { volume_context: ephemeral({ uid: big }) }),
+    INVALID,
+    /does not match/,
+  );
+  await suite.expect(
+    "4 MiB strings",
+    "NodeUnpublishVolume",
+    { volume_id: "csi-x", target_path: `/etc/${big}` },
+    INVALID,
+    /is not under/,
+  );
+}
+
+/** Symlinked components: to /etc, to a directory outside the root, to another pod's directory. */
+async function symlinkCases(suite: Suite): Promise<void> {
+  const { tree } = suite;
+  const pods = `${tree.kubeletDir}/pods`;
+  const victim = await tree.target("pod-victim");
+  const published = await suite.client.call("NodePublishVolume", publishRequest(victim));
+  assert.ok(published.ok, describe(published));
+  const decoy = `${tree.root}/decoy`;
+  await Deno.mkdir(`${decoy}/volumes/kubernetes.io~csi/spiffe/mount`, { recursive: true });
+  const symlinked = /is a symlink/;
+
+  const links: [string, string, string][] = [
+    // [uid, link path relative to the pod dir ("" = the pod dir itself), link target]
+    ["sym-pod-etc", "", "/etc"],
+    ["sym-pod-decoy", "", decoy],
+    ["sym-pod-victim", "", `${pods}/pod-victim`],
+    ["sym-volumes-etc", "volumes", "/etc"],
+    [
+      "sym-plugin-victim",
+      "volumes/kubernetes.io~csi",
+      `${pods}/pod-victim/volumes/kubernetes.io~csi`,
+    ],
+    ["sym-vol-etc", "volumes/kubernetes.io~csi/spiffe", "/etc"],
+    [
+      "sym-vol-victim",
+      "volumes/kubernetes.io~csi/spiffe",
+      `${pods}/pod-victim/volumes/kubernetes.io~csi/spiffe`,
+    ],
+    ["sym-mount-etc", "volumes/kubernetes.io~csi/spiffe/mount", "/etc"],
+    ["sym-mount-victim", "volumes/kubernetes.io~csi/spiffe/mount", victim],
+    [
+      "sym-mount-decoy",
+      "volumes/kubernetes.io~csi/spiffe/mount",
+      `${decoy}/volumes/kubernetes.io~csi/spiffe/mount`,
+    ],
+  ];
+  for (const [uid, link, to] of links) {
+    const podDir = `${pods}/${uid}`;
+    const linkPath = link === "" ? podDir : `${podDir}/${link}`;
+    const parent = linkPath.slice(0, linkPath.lastIndexOf("/"));
+    await Deno.mkdir(parent, { recursive: true });
+    await Deno.symlink(to, linkPath);
+    const target = `${podDir}/volumes/kubernetes.io~csi/spiffe/mount`;
+    await suite.expect(
+      "symlinked component",
+      "NodePublishVolume",
+      publishRequest(target),
+      INVALID,
+      symlinked,
+    );
+    await suite.expect(
+      "symlinked component",
+      "NodeUnpublishVolume",
+      { volume_id: "csi-x", target_path: target },
+      INVALID,
+      symlinked,
+    );
+    await suite.expect(
+      "symlinked component",
+      "NodeGetVolumeStats",
+      { volume_id: "csi-x", volume_path: target },
+      // NOT_FOUND when the path does not resolve at all (e.g. into /etc).
+      [INVALID, status.NOT_FOUND],
+      /is a symlink|does not exist/,
+    );
+    assert.equal(layersAt(await mountTable(), victim), 1, `${uid}: the other pod's mount changed`);
+  }
+  // The pods dir itself replaced by a symlink.
+  const realPods = `${tree.kubeletDir}/pods.real`;
+  await Deno.rename(pods, realPods);
+  await Deno.symlink(realPods, pods);
+  try {
+    await suite.expect(
+      "symlinked component",
+      "NodePublishVolume",
+      publishRequest(`${pods}/pod-x/volumes/kubernetes.io~csi/spiffe/mount`),
+      INVALID,
+      symlinked,
+    );
+  } finally {
+    await Deno.remove(pods);
+    await Deno.rename(realPods, pods);
+  }
+  const unpublished = await suite.client.call("NodeUnpublishVolume", {
+    volume_id: "csi-x",
+    target_path: victim,
+  });
+  assert.ok(unpublished.ok, describe(unpublished));
+}
+
+// Runs in a worker thread: swaps `dir` for a symlink to `to` and back until told to stop.
+const RACER = `
+self.onmessage = (event) => {
+  const { dir, stash, to, stop } = event.data;
+  const flag = new Int32Array(stop);
+  let swaps = 0;
+  while (Atomics.load(flag, 0) === 0) {
+    Deno.renameSync(dir, stash);
+    Deno.symlinkSync(to, dir);
+    for (let i = 0; i < 200; i++) if (Atomics.load(flag, 0) !== 0) break;
+    Deno.removeSync(dir);
+    Deno.renameSync(stash, dir);
+    swaps++;
+  }
+  self.postMessage(swaps);
+};
+`;
+
+/** Mounts under the temp root that are outside `<kubelet>/pods`. */
+function misplaced(mounts: MountEntry[], tree: TempTree): string[] {
+  const allowed = `${tree.kubeletDir}/pods/`;
+  return mounts
+    .filter((entry) => entry.target.startsWith(`${tree.root}/`))
+    .filter((entry) => !entry.target.startsWith(allowed))
+    .map((entry) => entry.target);
+}
+
+/** Unmounts a mount the driver left where it must not be (this namespace only), so the suite goes on. */
+async function removeStray(target: string): Promise<void> {
+  await new Deno.Command("/usr/bin/umount", { args: [target], stdout: "null", stderr: "null" })
+    .output();
+}
+
+/** What a race left behind, collected rather than failing at the first sighting. */
+interface RaceFindings {
+  /** Mounts seen outside `<kubelet>/pods`. */
+  escaped: Set<string>;
+  /** How many times such a mount was seen (each is removed when seen). */
+  escapes: number;
+  /** Times the other pod's target held more than one layer. */
+  stackedOnVictim: number;
+  /** Times the decoy's `mount` dir (outside the root) was removed or replaced. */
+  decoyTouched: number;
+}
+
+/** A component swapped for a symlink by a racing thread while publishes and unpublishes run. */
+async function raceCases(suite: Suite): Promise<void> {
+  const { tree } = suite;
+  const pods = `${tree.kubeletDir}/pods`;
+  const victim = await tree.target("pod-race-victim");
+  const published = await suite.client.call("NodePublishVolume", publishRequest(victim));
+  assert.ok(published.ok, describe(published));
+  const decoy = `${tree.root}/race-decoy`;
+  await Deno.mkdir(`${decoy}/mount`, { recursive: true });
+  const mountsBefore = (await mountTable()).map((entry) => entry.target);
+  const findings: RaceFindings = {
+    escaped: new Set(),
+    escapes: 0,
+    stackedOnVictim: 0,
+    decoyTouched: 0,
+  };
+
+  const decoys: [string, string][] = [
+    ["outside the root", decoy],
+    ["another pod's dir", `${pods}/pod-race-victim/volumes/kubernetes.io~csi/spiffe`],
+  ];
+  for (const [label, to] of decoys) {
+    const uid = `pod-race-${label.replaceAll(/\W+/g, "-")}`;
+    const target = await tree.target(uid);
+    const dir = target.slice(0, target.lastIndexOf("/"));
+    let decoyIno = (await Deno.lstat(`${decoy}/mount`)).ino;
+    const stop = new SharedArrayBuffer(4);
+    const worker = new Worker(URL.createObjectURL(new Blob([RACER])), { type: "module" });
+    const swaps = new Promise<number>((resolve) => {
+      worker.onmessage = (event: MessageEvent<number>) => resolve(event.data);
+    });
+    worker.postMessage({ dir, stash: `${dir}.stash`, to, stop });
+    const codes = new Map<string, number>();
+    const tally = (result: CallResult) => {
+      const key = result.ok ? "OK" : status[result.code] ?? String(result.code);
+      codes.set(key, (codes.get(key) ?? 0) + 1);
+      if (!result.ok) {
+        assert.ok(
+          [status.INVALID_ARGUMENT, status.INTERNAL].includes(result.code),
+          `race (${label}): ${describe(result)}`,
+        );
+      }
+    };
+    // After each call: note (and clear) any mount outside the root, any extra layer on the other
+    // pod's target, and any change to the decoy directory outside the root.
+    const inspect = async () => {
+      const mounts = await mountTable();
+      for (const stray of misplaced(mounts, tree)) {
+        findings.escaped.add(stray);
+        findings.escapes++;
+        await removeStray(stray);
+      }
+      for (let layers = layersAt(mounts, victim); layers > 1; layers--) {
+        findings.stackedOnVictim++;
+        await removeStray(victim);
+      }
+      const now = await Deno.lstat(`${decoy}/mount`).catch(() => undefined);
+      if (now?.ino !== decoyIno) {
+        findings.decoyTouched++;
+        if (now === undefined) await Deno.mkdir(`${decoy}/mount`);
+        decoyIno = (await Deno.lstat(`${decoy}/mount`)).ino;
+      }
+    };
+    let calls = 0;
+    try {
+      for (let i = 0; i < 150; i++) {
+        tally(await suite.client.call("NodePublishVolume", publishRequest(target)));
+        await inspect();
+        tally(
+          await suite.client.call("NodeUnpublishVolume", { volume_id: "x", target_path: target }),
+        );
+        await inspect();
+        calls += 2;
+      }
+    } finally {
+      Atomics.store(new Int32Array(stop), 0, 1);
+      const count = await swaps;
+      worker.terminate();
+      say(
+        `race (${label}): ${calls} calls, ${count} swaps, ${
+          JSON.stringify(Object.fromEntries(codes))
+        }`,
+      );
+    }
+    suite.count("symlink swapped by a racing thread", calls);
+    // The racer stopped with the real directory in place: clean up through it.
+    const cleanup = await suite.client.call("NodeUnpublishVolume", {
+      volume_id: "x",
+      target_path: target,
+    });
+    assert.ok(cleanup.ok, describe(cleanup));
+    await inspect();
+    const mounts = await mountTable();
+    assert.equal(layersAt(mounts, target), 0);
+    for (const entry of mounts.filter((e) => e.target.startsWith(`${tree.root}/`))) {
+      assert.equal(
+        await Deno.realPath(entry.target),
+        entry.target,
+        "a mount resolves through a symlink",
+      );
+    }
+    await suite.assertServing();
+  }
+  const unpublished = await suite.client.call("NodeUnpublishVolume", {
+    volume_id: "x",
+    target_path: victim,
+  });
+  assert.ok(unpublished.ok, describe(unpublished));
+  assert.deepEqual(
+    (await mountTable()).map((entry) => entry.target),
+    mountsBefore.filter((target) => target !== victim),
+  );
+  say(
+    `race findings: ${findings.escapes} mounts outside the root (${
+      [...findings.escaped].join(", ")
+    }), ${findings.stackedOnVictim} extra layers on the other pod's target, ${findings.decoyTouched} changes to a directory outside the root`,
+  );
+  assert.deepEqual(
+    findings,
+    { escaped: new Set(), escapes: 0, stackedOnVictim: 0, decoyTouched: 0 },
+    "a racing symlink swap sent a mount or a mkdir/rmdir outside the target",
+  );
+}
+
+/** Writes `bytes` on a fresh connection, reads whatever comes back for a moment, and closes. */
+async function rawExchange(path: string, bytes: Uint8Array, readMs = 100): Promise<number> {
+  const conn = await Deno.connect({ transport: "unix", path });
+  let received = 0;
+  try {
+    await conn.write(bytes).catch(() => 0);
+    const buffer = new Uint8Array(64 * 1024);
+    const deadline = Date.now() + readMs;
+    while (Date.now() < deadline) {
+      const timeout = sleep(deadline - Date.now()).then(() => "timeout" as const);
+      const read = await Promise.race([conn.read(buffer).catch(() => null), timeout]);
+      if (read === "timeout" || read === null) break;
+      received += read;
+    }
+  } finally {
+    try {
+      conn.close();
+    } catch { /* already closed */ }
+  }
+  return received;
+}
+
+function frame(
+  type: number,
+  flags: number,
+  stream: number,
+  payload: Uint8Array,
+  length = payload.length,
+) {
+  const header = new Uint8Array(9);
+  header.set([(length >> 16) & 0xff, (length >> 8) & 0xff, length & 0xff, type, flags]);
+  new DataView(header.buffer).setUint32(5, stream);
+  return concat(header, payload);
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/** HPACK literal header fields without indexing or Huffman coding (RFC 7541 6.2.2). */
+function headerBlock(headers: [string, string][]): Uint8Array {
+  const encoder = new TextEncoder();
+  const parts: Uint8Array[] = [];
+  for (const [name, value] of headers) {
+    const n = encoder.encode(name);
+    const v = encoder.encode(value);
+    parts.push(new Uint8Array([0x00, n.length]), n, new Uint8Array([v.length]), v);
+  }
+  return concat(...parts);
+}
+
+const SETTINGS = frame(4, 0, 0, new Uint8Array());
+const PROBE_HEADERS = headerBlock([
+  [":method", "POST"],
+  [":scheme", "http"],
+  [":path", "/csi.v1.Identity/Probe"],
+  [":authority", "localhost"],
+  ["content-type", "application/grpc"],
+  ["te", "trailers"],
+]);
+
+/** Random bytes and truncated HTTP/2 frames written raw on the Unix socket. */
+async function rawSocketCases(suite: Suite, seed: number): Promise<void> {
+  const path = suite.tree.csiSocketPath;
+  const random = prng(seed);
+  const bytes = (n: number) => Uint8Array.from({ length: n }, () => Math.floor(random() * 256));
+  await suite.isolated(async () => {
+    for (let i = 0; i < 60; i++) {
+      const garbage = bytes(1 + Math.floor(random() * 4096));
+      // Half behind a valid preface, so the garbage reaches the frame parser.
+      await rawExchange(path, i % 2 === 0 ? garbage : concat(PREFACE, garbage), 30);
+    }
+  });
+  suite.count("random bytes on the socket", 60);
+
+  const headers = frame(1, 0x4, 1, PROBE_HEADERS);
+  const grpcMessage = (declared: number, body: Uint8Array) => {
+    const prefix = new Uint8Array(5);
+    new DataView(prefix.buffer).setUint32(1, declared);
+    return concat(prefix, body);
+  };
+  const truncated: [string, Uint8Array][] = [
+    ["half a preface", PREFACE.slice(0, 10)],
+    ["preface, half a frame header", concat(PREFACE, SETTINGS.slice(0, 4))],
+    ["SETTINGS declaring 600 bytes, carrying 12", concat(PREFACE, frame(4, 0, 0, bytes(12), 600))],
+    ["SETTINGS with a length not a multiple of 6", concat(PREFACE, frame(4, 0, 0, bytes(7)))],
+    [
+      "HEADERS declaring 200 bytes, carrying 20",
+      concat(PREFACE, SETTINGS, frame(1, 0x4, 1, PROBE_HEADERS.slice(0, 20), 200)),
+    ],
+    ["HEADERS with garbage HPACK", concat(PREFACE, SETTINGS, frame(1, 0x4, 1, bytes(64)))],
+    [
+      "HEADERS without END_HEADERS, no CONTINUATION",
+      concat(PREFACE, SETTINGS, frame(1, 0, 1, PROBE_HEADERS)),
+    ],
+    [
+      "HEADERS, then DATA declaring 100 bytes of gRPC message, carrying 3",
+      concat(PREFACE, SETTINGS, headers, frame(0, 0, 1, grpcMessage(100, bytes(3)))),
+    ],
+    [
+      "HEADERS, then DATA with END_STREAM and a truncated gRPC message",
+      concat(PREFACE, SETTINGS, headers, frame(0, 1, 1, grpcMessage(100, bytes(3)))),
+    ],
+    [
+      "HEADERS, then a gRPC message flagged compressed",
+      concat(
+        PREFACE,
+        SETTINGS,
+        headers,
+        frame(0, 1, 1, concat(new Uint8Array([1, 0, 0, 0, 2]), bytes(2))),
+      ),
+    ],
+    [
+      "HEADERS, then a 4 GiB gRPC length prefix",
+      concat(PREFACE, SETTINGS, headers, frame(0, 1, 1, grpcMessage(0xffffffff, bytes(8)))),
+    ],
+    ["DATA on stream 0", concat(PREFACE, SETTINGS, frame(0, 1, 0, bytes(16)))],
+    ["DATA on a stream never opened", concat(PREFACE, SETTINGS, frame(0, 1, 7, bytes(16)))],
+    ["WINDOW_UPDATE of 0", concat(PREFACE, SETTINGS, frame(8, 0, 0, new Uint8Array(4)))],
+    ["RST_STREAM on an idle stream", concat(PREFACE, SETTINGS, frame(3, 0, 1, new Uint8Array(4)))],
+    [
+      "1,000 PINGs",
+      concat(PREFACE, SETTINGS, ...Array.from({ length: 1000 }, () => frame(6, 0, 0, bytes(8)))),
+    ],
+    [
+      "100 HEADERS then close",
+      concat(
+        PREFACE,
+        SETTINGS,
+        ...Array.from({ length: 100 }, (_, i) => frame(1, 0x4, 2 * i + 1, PROBE_HEADERS)),
+      ),
+    ],
+    [
+      "HEADERS then RST_STREAM",
+      concat(PREFACE, SETTINGS, headers, frame(3, 0, 1, new Uint8Array([0, 0, 0, 8]))),
+    ],
+    [
+      "GOAWAY from the client mid-stream",
+      concat(PREFACE, SETTINGS, headers, frame(7, 0, 0, new Uint8Array(8))),
+    ],
+    ["an HTTP/1.1 request", new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n")],
+    [
+      "a TLS ClientHello start",
+      new Uint8Array([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]),
+    ],
+  ];
+  for (const [label, payload] of truncated) {
+    suite.count("truncated HTTP/2 frames");
+    await suite.isolated(async () => {
+      await rawExchange(path, payload);
+    }).catch((error) => {
+      throw new Error(`after "${label}": ${error instanceof Error ? error.message : error}`);
+    });
+  }
+}
+
+/** A raw gRPC call whose request bytes are whatever we say (grpc-js with a pass-through serializer). */
+function rawCall(socketPath: string, method: string, body: Uint8Array): Promise<CallResult> {
+  const client = new grpc.Client(`unix:${socketPath}`, grpc.credentials.createInsecure());
+  return new Promise<CallResult>((resolve) => {
+    client.makeUnaryRequest(
+      method,
+      (value: Uint8Array) => Buffer.from(value),
+      (value: Buffer) => value,
+      body,
+      { deadline: Date.now() + 10_000 },
+      (error, response) => {
+        client.close();
+        if (error) resolve({ ok: false, code: error.code, details: error.details });
+        else resolve({ ok: true, response: { bytes: response?.length ?? 0 } });
+      },
+    );
+  });
+}
+
+/** Protobuf bytes that do not decode, or decode to nonsense. */
+async function protobufCases(suite: Suite): Promise<void> {
+  const socket = suite.tree.csiSocketPath;
+  const publish = "/csi.v1.Node/NodePublishVolume";
+  const text = new TextEncoder();
+  const field = (tag: number, bytes: Uint8Array) =>
+    concat(new Uint8Array([tag, bytes.length]), bytes);
+  // grpc-js: a request that does not decode ends the call with INTERNAL before any handler runs.
+  const undecodable: [string, Uint8Array][] = [
+    ["all 0xff", new Uint8Array(32).fill(0xff)],
+    ["a truncated varint", new Uint8Array([0x30, 0xff, 0xff])],
+    ["a nested capability that does not decode", field(0x2a, new Uint8Array([0x0a, 50, 1]))],
+    ["end-group without start-group", new Uint8Array([0x0c])],
+  ];
+  for (const [label, bytes] of undecodable) {
+    suite.count("malformed protobuf");
+    await suite.isolated(async () => {
+      const result = await rawCall(socket, publish, bytes);
+      assert.ok(!result.ok, `${label}: accepted`);
+      assert.equal(result.code, status.INTERNAL, `${label}: ${describe(result)}`);
+      assert.match(result.details, /Error deserializing request/, label);
+    });
+  }
+  // Bytes that decode (protobufjs is lenient: a string running past the end is cut short, wire
+  // type 7 and field number 0 are skipped) reach the handlers and their validation.
+  const decodable: [string, string, Uint8Array, grpc.status, RegExp][] = [
+    [
+      "a string declaring 100 bytes, carrying 3",
+      publish,
+      new Uint8Array([0x0a, 100, 1, 2, 3]),
+      INVALID,
+      /missing required target path/,
+    ],
+    [
+      "a target path declaring 100 bytes, carrying 4",
+      publish,
+      concat(field(0x0a, text.encode("v")), new Uint8Array([0x22, 100]), text.encode("/etc")),
+      INVALID,
+      /missing required volume capability/,
+    ],
+    [
+      "a target path declaring 2^32 bytes",
+      publish,
+      new Uint8Array([0x22, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x2f]),
+      INVALID,
+      /missing required volume id/,
+    ],
+    ["wire type 7", publish, new Uint8Array([0x0f, 0x00]), INVALID, /missing required volume id/],
+    [
+      "field number 0",
+      publish,
+      new Uint8Array([0x02, 0x01, 0x00]),
+      INVALID,
+      /missing required volume id/,
+    ],
+    [
+      "a map entry that does not decode",
+      publish,
+      field(0x42, new Uint8Array([0x0a, 9, 0x41])),
+      INVALID,
+      /missing required volume id/,
+    ],
+    [
+      "invalid UTF-8 id, no target",
+      publish,
+      field(0x0a, new Uint8Array([0xff, 0xfe, 0xc0])),
+      INVALID,
+      /missing required target path/,
+    ],
+    [
+      "target path as invalid UTF-8",
+      publish,
+      concat(field(0x0a, text.encode("v")), field(0x22, new Uint8Array([0x2f, 0xff, 0x2f]))),
+      INVALID,
+      /missing required volume capability|is not under/,
+    ],
+    [
+      "unknown fields only",
+      publish,
+      concat(field(0x7a, text.encode("x")), new Uint8Array([0xf8, 0x07, 0x01])),
+      INVALID,
+      /missing required volume id/,
+    ],
+    ["an empty message", publish, new Uint8Array(), INVALID, /missing required volume id/],
+    [
+      "an unknown method",
+      "/csi.v1.Node/NodeRootShell",
+      new Uint8Array(),
+      status.UNIMPLEMENTED,
+      /NodeRootShell|not implemented|unimplemented/i,
+    ],
+    [
+      "an unknown service",
+      "/csi.v1.Controller/CreateVolume",
+      new Uint8Array(),
+      status.UNIMPLEMENTED,
+      /CreateVolume|not implemented|unimplemented/i,
+    ],
+    [
+      "a path without a service",
+      "/Probe",
+      new Uint8Array(),
+      status.UNIMPLEMENTED,
+      /Probe|not implemented|unimplemented/i,
+    ],
+  ];
+  for (const [label, method, bytes, code, message] of decodable) {
+    suite.count("malformed protobuf");
+    await suite.isolated(async () => {
+      const result = await rawCall(socket, method, bytes);
+      assert.ok(!result.ok, `${label}: accepted`);
+      assert.equal(result.code, code, `${label}: ${describe(result)}`);
+      assert.match(result.details, message, label);
+    });
+  }
+}
+
+/** 1,000 connections opened and dropped: bare, after the preface, and mid-call. */
+async function connectionCases(suite: Suite): Promise<void> {
+  const path = suite.tree.csiSocketPath;
+  const requestBytes = concat(PREFACE, SETTINGS, frame(1, 0x4, 1, PROBE_HEADERS));
+  let refused = 0;
+  // A full listen backlog refuses a connect with EAGAIN (WouldBlock): wait, then connect again.
+  const connect = async (): Promise<Deno.UnixConn> => {
+    for (let attempt = 0;; attempt++) {
+      try {
+        return await Deno.connect({ transport: "unix", path });
+      } catch (error) {
+        if (!(error instanceof Deno.errors.WouldBlock) || attempt > 100) throw error;
+        refused++;
+        await sleep(5);
+      }
+    }
+  };
+  await suite.isolated(async () => {
+    for (let batch = 0; batch < 10; batch++) {
+      await Promise.all(Array.from({ length: 100 }, async (_, i) => {
+        const conn = await connect();
+        try {
+          if (i % 3 === 1) await conn.write(PREFACE);
+          if (i % 3 === 2) await conn.write(requestBytes);
+        } finally {
+          conn.close();
+        }
+      }));
+    }
+  });
+  say(
+    `1,000 connections: ${refused} connects refused with EAGAIN (listen backlog full) and retried`,
+  );
+  suite.count("1,000 connections opened and dropped");
+  // And 100 grpc-js clients dropped in the middle of a call.
+  await suite.isolated(async () => {
+    await Promise.all(Array.from({ length: 100 }, () => {
+      const client = new CsiClient(path);
+      const pending = client.call("Probe", {}, 2000);
+      setTimeout(() => client.close(), 1);
+      return pending;
+    }));
+  });
+  suite.count("1,000 connections opened and dropped");
+}
+
+Deno.test({
+  name:
+    "hostile inputs get clear errors, touch nothing outside the root, and leave the driver serving",
+  ignore: !REAL_MOUNTS,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    const seed = Number(Deno.env.get("HOSTILE_SEED") ?? Math.floor(Math.random() * 2 ** 31));
+    say(`hostile seed: ${seed} (replay with HOSTILE_SEED=${seed})`);
+    const tree = await makeTempTree();
+    const driver = await startDriver({
+      socketDir: tree.socketDir,
+      csiSocketPath: tree.csiSocketPath,
+      kubeletDir: tree.kubeletDir,
+    });
+    const suite = new Suite(tree, driver);
+    const started = performance.now();
+    try {
+      await t.step(
+        "paths, capabilities, context, NUL, newlines and unicode",
+        () => requestCases(suite),
+      );
+      await t.step("4 MiB strings", () => hugeCases(suite));
+      await t.step("symlinked components", () => symlinkCases(suite));
+      await t.step("a component swapped for a symlink while publishes run", () => raceCases(suite));
+      await t.step(
+        "random bytes and truncated frames on the socket",
+        () => rawSocketCases(suite, seed),
+      );
+      await t.step("malformed protobuf", () => protobufCases(suite));
+      await t.step("1,000 connections opened and dropped", () => connectionCases(suite));
+      await suite.assertServing();
+      // Newlines and NUL in ids never split a log line: every line is one JSON object.
+      for (const line of driver.logs().split("\n").filter((l) => l !== "")) {
+        assert.doesNotThrow(
+          () => JSON.parse(line),
+          `a log line is not JSON: ${line.slice(0, 200)}`,
+        );
+      }
+    } catch (error) {
+      say(`driver logs (tail):\n${driver.logs().slice(-3000)}`);
+      throw error;
+    } finally {
+      suite.client.close();
+      const exit = await driver.stop();
+      say(`driver exit after SIGTERM: code ${exit.code}`);
+      const groups = [...suite.byGroup].map(([group, n]) => `${group}: ${n}`).join(", ");
+      say(
+        `hostile cases tried: ${suite.cases} in ${
+          ((performance.now() - started) / 1000).toFixed(1)
+        } s (${groups})`,
+      );
+    }
+    const left = (await mountTable()).filter((e) => e.target.startsWith(`${tree.root}/`));
+    for (const entry of left.reverse()) await removeStray(entry.target);
+    assert.deepEqual(left.map((entry) => entry.target), [], "mounts left under the temp tree");
+    await tree.remove();
+  },
+});
