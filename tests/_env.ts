@@ -3,6 +3,28 @@
 // In-process handlers pin targets by changing the working directory; put it back afterwards.
 const START_DIR = Deno.cwd();
 
+import { type MountEntry, parseMountListing } from "../lib/mount_table.ts";
+
+/** The mount table of this mount namespace, as `mount` lists it. */
+export async function mountTable(): Promise<MountEntry[]> {
+  const output = await new Deno.Command("/usr/bin/mount", { stdout: "piped", stderr: "piped" })
+    .output();
+  if (!output.success) throw new Error(new TextDecoder().decode(output.stderr));
+  return parseMountListing(new TextDecoder().decode(output.stdout));
+}
+
+/** mulberry32: a small seeded PRNG, so a failing random order or input can be replayed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 /** True inside tests/run.sh's private mount namespace (root): real-mount tests run. */
 export const REAL_MOUNTS = Deno.env.get("SPIFFE_CSI_REAL_MOUNTS") === "1";
 

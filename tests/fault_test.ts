@@ -8,8 +8,8 @@ import assert from "node:assert/strict";
 import { status } from "@grpc/grpc-js";
 import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
 import { type DriverProcess, startDriver, type StartOptions } from "./_driver.ts";
-import { makeTempTree, REAL_MOUNTS, type TempTree } from "./_env.ts";
-import { layersAt, type MountEntry, parseMountListing } from "../lib/mount_table.ts";
+import { makeTempTree, mountTable, prng, REAL_MOUNTS, type TempTree } from "./_env.ts";
+import { layersAt, type MountEntry } from "../lib/mount_table.ts";
 
 const TARGETS = 50;
 const OPS = Number(Deno.env.get("FAULT_OPS") ?? "10000");
@@ -38,25 +38,11 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** mulberry32: a small seeded PRNG, so a failing order can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** The mount table (this namespace), restricted to mounts under `root`. */
 async function mountsUnder(root: string): Promise<MountEntry[]> {
-  const output = await new Deno.Command("/usr/bin/mount", { stdout: "piped", stderr: "piped" })
-    .output();
-  assert.ok(output.success, new TextDecoder().decode(output.stderr));
-  const entries = parseMountListing(new TextDecoder().decode(output.stdout));
-  return entries.filter((entry) => entry.target === root || entry.target.startsWith(`${root}/`));
+  return (await mountTable()).filter((entry) =>
+    entry.target === root || entry.target.startsWith(`${root}/`)
+  );
 }
 
 async function exists(path: string): Promise<boolean> {

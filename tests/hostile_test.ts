@@ -10,8 +10,8 @@ import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
 import { type DriverProcess, startDriver } from "./_driver.ts";
-import { makeTempTree, REAL_MOUNTS, type TempTree } from "./_env.ts";
-import { layersAt, type MountEntry, parseMountListing } from "../lib/mount_table.ts";
+import { makeTempTree, mountTable, prng, REAL_MOUNTS, type TempTree } from "./_env.ts";
+import { layersAt, type MountEntry } from "../lib/mount_table.ts";
 
 const { status } = grpc;
 const MIB = 1024 * 1024;
@@ -27,25 +27,6 @@ function sleep(ms: number): Promise<void> {
 
 function describe(result: CallResult): string {
   return result.ok ? "OK" : `${status[result.code]}: ${result.details}`;
-}
-
-/** mulberry32: a small seeded PRNG, so a failing input can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-async function mountTable(): Promise<MountEntry[]> {
-  const output = await new Deno.Command("/usr/bin/mount", { stdout: "piped", stderr: "piped" })
-    .output();
-  assert.ok(output.success, new TextDecoder().decode(output.stderr));
-  return parseMountListing(new TextDecoder().decode(output.stdout));
 }
 
 /** Every path under `dir` with its type and inode (symlinks are listed, never followed). */

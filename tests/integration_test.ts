@@ -5,18 +5,13 @@ import assert from "node:assert/strict";
 import { status } from "@grpc/grpc-js";
 import { type DriverProcess, startDriver } from "./_driver.ts";
 import { CsiClient, publishRequest } from "./_csi_client.ts";
-import { makeTempTree, REAL_MOUNTS, type TempTree } from "./_env.ts";
-import { layersAt, parseMountListing } from "../lib/mount_table.ts";
+import { makeTempTree, mountTable, REAL_MOUNTS, type TempTree } from "./_env.ts";
+import { layersAt } from "../lib/mount_table.ts";
 
 interface Setup {
   tree: TempTree;
   driver: DriverProcess;
   client: CsiClient;
-}
-
-async function mountTable() {
-  const output = await new Deno.Command("/usr/bin/mount").output();
-  return parseMountListing(new TextDecoder().decode(output.stdout));
 }
 
 async function layers(target: string): Promise<number> {

@@ -174,6 +174,43 @@ export function createNodeService(options: NodeOptions): NodeService {
     }
   }
 
+  async function volumeStats(target: PinnedTarget): Promise<NodeGetVolumeStatsResponse> {
+    let found: { isBind: boolean } | null;
+    try {
+      found = target.run((name) =>
+        lstatOrNull(name) === null ? null : { isBind: sameFileOrFalse(name, socketDir) }
+      );
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      found = null;
+    }
+    if (found === null) {
+      throw new CsiError(Code.NOT_FOUND, `volume path ${quote(target.path)} does not exist`);
+    }
+    // kubelet logs "usage is nil" without usage entries; a bind of a socket dir has no capacity.
+    const usage = (inodes: number): NodeGetVolumeStatsResponse["usage"] => [
+      { unit: "BYTES", available: "0", total: "0", used: "0" },
+      { unit: "INODES", available: "0", total: String(inodes), used: String(inodes) },
+    ];
+    if (!found.isBind) {
+      const message = `volume path is not a mount of the Workload API socket directory ${
+        quote(socketDir)
+      }`;
+      return { usage: usage(0), volume_condition: { abnormal: true, message } };
+    }
+    // List through the target (what the pod sees); connect through the socket dir, which the
+    // identity check above proved is the same directory (Deno allows unix sockets by exact path).
+    const health = await inspectSocketDir(target.path, {
+      timeoutMs: options.socketTimeoutMs ?? 1000,
+      names: options.socketNames,
+      connectDir: socketDir,
+    });
+    return {
+      usage: usage(health.entries),
+      volume_condition: { abnormal: !health.healthy, message: health.message },
+    };
+  }
+
   return {
     async NodePublishVolume(request) {
       validatePublish(request);
@@ -204,45 +241,7 @@ export function createNodeService(options: NodeOptions): NodeService {
         );
       }
       await assertNoSymlinks(target);
-      const pinned = new PinnedTarget(path);
-      let found: { isBind: boolean } | null;
-      try {
-        found = pinned.run((name) =>
-          lstatOrNull(name) === null ? null : { isBind: sameFileOrFalse(name, socketDir) }
-        );
-      } catch (error) {
-        if (!(error instanceof Deno.errors.NotFound)) throw error;
-        found = null;
-      }
-      if (found === null) {
-        throw new CsiError(Code.NOT_FOUND, `volume path ${quote(path)} does not exist`);
-      }
-      const usage = (inodes: number): NodeGetVolumeStatsResponse["usage"] => [
-        { unit: "BYTES", available: "0", total: "0", used: "0" },
-        { unit: "INODES", available: "0", total: String(inodes), used: String(inodes) },
-      ];
-      if (!found.isBind) {
-        return {
-          usage: usage(0),
-          volume_condition: {
-            abnormal: true,
-            message: `volume path is not a mount of the Workload API socket directory ${
-              quote(socketDir)
-            }`,
-          },
-        };
-      }
-      // List through the target (what the pod sees); connect through the socket dir, which the
-      // identity check above proved is the same directory (Deno allows unix sockets by exact path).
-      const health = await inspectSocketDir(path, {
-        timeoutMs: options.socketTimeoutMs ?? 1000,
-        names: options.socketNames,
-        connectDir: socketDir,
-      });
-      return {
-        usage: usage(health.entries),
-        volume_condition: { abnormal: !health.healthy, message: health.message },
-      };
+      return await volumeStats(new PinnedTarget(path));
     },
 
     NodeGetInfo() {
