@@ -32,13 +32,14 @@ export interface SystemMounterOptions {
   timeoutMs?: number;
 }
 
-const HARDEN = "remount,bind,nosuid,nodev,noexec";
+const HARDENING = "nosuid,nodev,noexec";
 
 /**
  * The argv for each operation (pure, so tests can check it). util-linux takes the pinned path and,
- * with --no-canonicalize, hands it to the kernel as is. busybox binds through the pinned path too,
- * but looks remount and umount targets up in the mount table by their real path, so those get the
- * absolute path.
+ * with --no-canonicalize, hands it to the kernel as is; it also applies the hardening flags in the
+ * same run as the bind (two mount calls, one exec). busybox binds through the pinned path too, but
+ * ignores flags given with --bind, and looks remount and umount targets up in the mount table by
+ * their real path, so those get the absolute path.
  */
 export function mountArgs(
   flavor: MountFlavor,
@@ -46,16 +47,24 @@ export function mountArgs(
   target: MountTarget,
   source = "",
 ): string[] {
-  const canonical = flavor === "util-linux" ? ["--no-canonicalize"] : [];
-  const path = flavor === "util-linux" ? target.pinnedPath : target.path;
+  if (flavor === "util-linux") {
+    const pinned = ["--no-canonicalize", target.pinnedPath];
+    switch (operation) {
+      case "bind":
+        return ["--no-canonicalize", "--bind", "-o", HARDENING, source, target.pinnedPath];
+      case "harden":
+        return ["--no-canonicalize", "-o", `remount,bind,${HARDENING}`, target.pinnedPath];
+      case "unmount":
+        return pinned;
+    }
+  }
   switch (operation) {
     case "bind":
-      return [...canonical, "--bind", source, target.pinnedPath];
+      return ["--bind", source, target.pinnedPath];
     case "harden":
-      // A separate step: busybox ignores flags given together with --bind.
-      return [...canonical, "-o", HARDEN, path];
+      return ["-o", `remount,bind,${HARDENING}`, target.path];
     case "unmount":
-      return [...canonical, path];
+      return [target.path];
   }
 }
 
@@ -80,6 +89,7 @@ export class SystemMounter implements Mounter {
   async bindMount(source: string, target: MountTarget): Promise<void> {
     const flavor = await this.flavor();
     await this.#run(this.#options.mountPath, mountArgs(flavor, "bind", target, source), target);
+    if (flavor === "util-linux") return;
     try {
       await this.harden(target);
     } catch (error) {

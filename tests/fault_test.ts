@@ -286,6 +286,32 @@ async function fakeBinary(dir: string, name: "mount" | "umount", onlyIf = ""): P
   return path;
 }
 
+/**
+ * A mount whose hardening fails while the flag file exists: a bind still lands (without the flags,
+ * as when util-linux's second mount call or busybox's remount fails), then it exits non-zero.
+ */
+async function fakeHardeningFailure(dir: string): Promise<string> {
+  const path = `${dir}/mount`;
+  await Deno.writeTextFile(
+    path,
+    [
+      "#!/bin/sh",
+      `if [ -e ${dir}/fail-mount ] && case " $* " in *nosuid*) true;; *) false;; esac; then`,
+      '  case " $* " in *" --bind "*)',
+      "    set -- $(printf '%s\n' \"$@\" | grep -v -e '^-o$' -e 'nosuid')",
+      '    /usr/bin/mount "$@" || exit 1;;',
+      "  esac",
+      '  echo "mount: injected hardening failure" >&2',
+      "  exit 32",
+      "fi",
+      'exec /usr/bin/mount "$@"',
+      "",
+    ].join("\n"),
+  );
+  await Deno.chmod(path, 0o755);
+  return path;
+}
+
 Deno.test({
   name:
     "fault: a failing mount or umount returns INTERNAL, leaves nothing half-done, and the retry succeeds",
@@ -329,8 +355,8 @@ Deno.test({
       await t.step("hardening remount fails: the bind is undone, the retry succeeds", async () => {
         const hardenBin = `${tree.root}/bin-harden`;
         await Deno.mkdir(hardenBin);
-        // Fails only the second step (remount with nosuid,nodev,noexec), after the bind succeeded.
-        const onlyHarden = await fakeBinary(hardenBin, "mount", "remount");
+        // The bind lands but the hardening (nosuid,nodev,noexec) fails.
+        const onlyHarden = await fakeHardeningFailure(hardenBin);
         await driver.stop();
         const hardenDriver = await startDriver(
           driverOptions(tree, [`-mount-path=${onlyHarden}`, `-umount-path=${fakeUmount}`]),
@@ -347,7 +373,7 @@ Deno.test({
             failed.details.startsWith(`unable to mount ${JSON.stringify(target)}: `),
             failed.details,
           );
-          assert.match(failed.details, /remount/);
+          assert.match(failed.details, /injected hardening failure/);
           assert.equal(layersAt(await mountsUnder(tree.root), target), 0, "bind not undone");
           assert.ok(!(await exists(target)), "target dir left behind");
           await Deno.remove(`${hardenBin}/fail-mount`);

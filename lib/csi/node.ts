@@ -118,6 +118,7 @@ export function createNodeService(options: NodeOptions): NodeService {
         `unable to create target path ${quote(path)}: ${errorMessage(error)}`,
       );
     }
+    let attempted = false;
     let mounted = false;
     try {
       if (!created) {
@@ -131,6 +132,7 @@ export function createNodeService(options: NodeOptions): NodeService {
         const cleared = await unmountAndRemove(pinned, (t) => mounter.unmount(t), maxLayers);
         if (cleared.removed) created = pinned.run(makeTargetDir);
       }
+      attempted = true;
       await mounter.bindMount(socketDir, pinned);
       mounted = true;
       if (!pinned.run((name) => sameFileSync(name, socketDir))) {
@@ -138,7 +140,15 @@ export function createNodeService(options: NodeOptions): NodeService {
       }
       return {};
     } catch (error) {
-      if (mounted) await mounter.unmount(pinned).catch(() => {});
+      // A failed bindMount may still have left its bind (e.g. the hardening step failed).
+      const isBind = () => {
+        try {
+          return pinned.run((name) => sameFileOrFalse(name, socketDir));
+        } catch {
+          return false;
+        }
+      };
+      if (mounted || (attempted && isBind())) await mounter.unmount(pinned).catch(() => {});
       if (created) {
         try {
           pinned.run((name) => Deno.removeSync(name));
