@@ -21,8 +21,10 @@ Deno.test("the permission set allows only mount/umount, the socket dir, the CSI 
     "/var/lib/kubelet/pods",
   ]);
   assert.deepEqual(set.read.sort(), set.write.sort());
-  const flags = permissionFlags(CONTAINER_PATHS).join(" ");
-  assert.doesNotMatch(flags, /--allow-all|--allow-(ffi|sys|import)|(^| )-A( |$)/);
+  // Every flag is an explicit allowlist: nothing unrestricted, nothing beyond these five kinds.
+  for (const flag of permissionFlags(CONTAINER_PATHS)) {
+    assert.match(flag, /^(--no-prompt|--allow-(read|write|net|env|run)=[^=\s]+)$/, flag);
+  }
 });
 
 Deno.test("permissionSet() re-targets every path to the configured ones", () => {
