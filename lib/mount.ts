@@ -48,14 +48,15 @@ export function mountArgs(
   source = "",
 ): string[] {
   if (flavor === "util-linux") {
-    const pinned = ["--no-canonicalize", target.pinnedPath];
     switch (operation) {
       case "bind":
         return ["--no-canonicalize", "--bind", "-o", HARDENING, source, target.pinnedPath];
       case "harden":
         return ["--no-canonicalize", "-o", `remount,bind,${HARDENING}`, target.pinnedPath];
       case "unmount":
-        return pinned;
+        // -i -n takes libmount's fast path: umount2() on the path as given, without reading the
+        // whole mount table (which costs ~17 ms at 10,000 mounts) and without canonicalizing.
+        return ["-i", "-n", target.pinnedPath];
     }
   }
   switch (operation) {
@@ -115,7 +116,9 @@ export class SystemMounter implements Mounter {
   // With a target, the child is spawned synchronously right after pinning, so it inherits the
   // pinned working directory before anything else can move it.
   async #run(command: string, args: string[], target?: MountTarget): Promise<string> {
-    let output: Deno.CommandOutput;
+    let stdout: ArrayBuffer;
+    let stderr: ArrayBuffer;
+    let status: Deno.CommandStatus;
     try {
       const cmd = new Deno.Command(command, {
         args,
@@ -124,21 +127,36 @@ export class SystemMounter implements Mounter {
         stdin: "null",
         stdout: "piped",
         stderr: "piped",
-        signal: AbortSignal.timeout(this.#options.timeoutMs),
       });
       target?.pin();
-      output = await cmd.spawn().output();
+      const child = cmd.spawn();
+      const timer = setTimeout(() => {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* already exited */ }
+      }, this.#options.timeoutMs);
+      try {
+        // Read the pipes ourselves: ChildProcess.output() keeps ~100 KiB per run alive in
+        // Deno 2.9 (hundreds of MiB over a few thousand publishes).
+        [stdout, stderr, status] = await Promise.all([
+          new Response(child.stdout).arrayBuffer(),
+          new Response(child.stderr).arrayBuffer(),
+          child.status,
+        ]);
+      } finally {
+        clearTimeout(timer);
+      }
     } catch (error) {
       if (error instanceof CsiError) throw error;
       const reason = error instanceof Error ? error.message : String(error);
       throw new MountError(`${command} could not run: ${reason}`, { cause: error });
     }
-    if (!output.success) {
-      const stderr = new TextDecoder().decode(output.stderr).trim().replaceAll("\n", "; ");
-      const how = output.signal ? `killed by ${output.signal}` : `exit status ${output.code}`;
+    if (!status.success) {
+      const text = new TextDecoder().decode(stderr).trim().replaceAll("\n", "; ");
+      const how = status.signal ? `killed by ${status.signal}` : `exit status ${status.code}`;
       const shown = target ? args.map((a) => a === target.pinnedPath ? target.path : a) : args;
-      throw new MountError(`${command} ${shown.join(" ")}: ${how}${stderr ? `: ${stderr}` : ""}`);
+      throw new MountError(`${command} ${shown.join(" ")}: ${how}${text ? `: ${text}` : ""}`);
     }
-    return new TextDecoder().decode(output.stdout);
+    return new TextDecoder().decode(stdout);
   }
 }

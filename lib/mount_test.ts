@@ -24,7 +24,8 @@ Deno.test("mountArgs() for util-linux: one hardened bind, every step through the
     "/proc/self/cwd/mount",
   ]);
   assert.deepEqual(mountArgs("util-linux", "unmount", target), [
-    "--no-canonicalize",
+    "-i",
+    "-n",
     "/proc/self/cwd/mount",
   ]);
 });

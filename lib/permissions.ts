@@ -94,7 +94,7 @@ export function permissionFlags(paths: DriverPaths): string[] {
 }
 
 /** V8 flags that keep the driver's heap small (used by the start task, tests, bench and compile). */
-export const V8_FLAGS = "--max-old-space-size=64,--max-semi-space-size=2";
+export const V8_FLAGS = "--max-old-space-size=32,--max-semi-space-size=1";
 
 /** Arguments for `deno run` that start the driver at `entry` under its permission set. */
 export function driverRunArgs(config: Config, entry: string, extraArgs: string[] = []): string[] {
