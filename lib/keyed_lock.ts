@@ -13,9 +13,4 @@ export class KeyedLock {
     });
     return result;
   }
-
-  /** Keys with work queued or running. */
-  get size(): number {
-    return this.#tails.size;
-  }
 }

@@ -6,7 +6,6 @@ import {
   type Logger,
   type LogLevel as LogtapeLevel,
   type LogRecord,
-  reset,
 } from "@logtape/logtape";
 import type { LogFormat, LogLevel } from "./config.ts";
 
@@ -71,9 +70,4 @@ export async function setupLogging(options: LogOptions): Promise<Logger> {
     ],
   });
   return getLogger(["spiffe-csi"]);
-}
-
-/** Removes the logger configuration (tests). */
-export async function resetLogging(): Promise<void> {
-  await reset();
 }
