@@ -55,7 +55,15 @@ async function main(args: string[]): Promise<number> {
       mounter,
     }),
   });
-  await listen(server, config.csiSocketPath);
+  try {
+    await listen(server, config.csiSocketPath);
+  } catch (error) {
+    log.error("Cannot serve CSI on {csi_socket_path}: {error}", {
+      csi_socket_path: config.csiSocketPath,
+      error: error instanceof Error ? error.message : String(error),
+    });
+    return 1;
+  }
   log.info("Serving CSI on {csi_socket_path}", { csi_socket_path: config.csiSocketPath });
   // Audit after serving: a slow mount table never delays registration.
   auditStackedMounts(config, { mounter, log, prune: config.pruneStackedMounts }).catch((error) =>
