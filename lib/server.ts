@@ -1,7 +1,7 @@
 /** The gRPC server on the CSI Unix socket: wraps every handler once, maps errors once, logs every RPC. */
 import * as grpc from "@grpc/grpc-js";
 import { loadCsi } from "./proto.ts";
-import { errorMessage, toRpcStatus } from "./csi/errors.ts";
+import { CsiError, errorMessage, toRpcStatus } from "./csi/errors.ts";
 import { KEYS, type Logger } from "./log.ts";
 import type { IdentityService } from "./csi/identity.ts";
 import type { NodeService } from "./csi/node.ts";
@@ -59,7 +59,8 @@ function wrap(
         [KEYS.durationMs]: elapsed(started),
         ...fields,
         [KEYS.error]: errorMessage(error),
-        ...(status.details === "internal error" && error instanceof Error
+        // Unexpected errors are logged in full; the client only sees "internal error".
+        ...(!(error instanceof CsiError) && error instanceof Error
           ? { stack: error.stack ?? "" }
           : {}),
       });
