@@ -18,6 +18,7 @@ import {
   compileArgs,
   isRuntimeDownloadFailure,
   outputPath,
+  parseCompileOptions,
   parseTargets,
   TARGET_ARCH,
   TARGETS,
@@ -107,7 +108,10 @@ Deno.test("Containerfile: the builder runs deno task compile on the pinned Deno 
   assert.match(builder.from, /^denoland\/deno:(bin|debian)-\d+\.\d+\.\d+$/);
   assert.equal(builder.from.split("-").at(-1), Deno.version.deno, "image Deno != tested Deno");
   const script = runs(builder);
-  assert.match(script, /\bdeno task compile --target="\$\{TARGETARCH\}"/);
+  assert.match(
+    script,
+    /\bdeno task compile --target="\$\{TARGETARCH\}" --kubelet-dir="\$\{KUBELET_DIR\}"/,
+  );
   // No second copy of the flags: the task owns them.
   const instructions = STAGES.flatMap((s) => s.instructions.map((i) => i.args)).join("\n");
   assert.doesNotMatch(instructions, /deno compile|--allow-|--v8-flags|DENORT_BIN|--include/);
@@ -244,6 +248,26 @@ Deno.test("compile task: targets accept Rust triples, Docker arch names and all"
   ]);
   assert.throws(() => parseTargets(["--target=riscv64"]), RangeError);
   assert.throws(() => parseTargets(["extra"]), RangeError);
+});
+
+Deno.test("compile task: --kubelet-dir re-targets only the pods dir of the permission set", () => {
+  const microk8s = "/var/snap/microk8s/common/var/lib/kubelet";
+  const { targets, paths } = parseCompileOptions(["--target=amd64", `--kubelet-dir=${microk8s}`]);
+  assert.deepEqual(targets, ["x86_64-unknown-linux-gnu"]);
+  assert.deepEqual(paths, { ...CONTAINER_PATHS, kubeletDir: microk8s });
+  const args = compileArgs("x86_64-unknown-linux-gnu", paths);
+  assert.ok(
+    args.includes(`--allow-write=/spiffe-workload-api,/spiffe-csi/csi.sock,${microk8s}/pods`),
+  );
+  const allowed = args.filter((a) => a.startsWith("--allow-")).flatMap((a) =>
+    a.slice(a.indexOf("=") + 1).split(",")
+  );
+  assert.ok(!allowed.includes("/var/lib/kubelet/pods"), "the default pods dir is not allowed too");
+  assert.deepEqual(parseCompileOptions([]).paths, CONTAINER_PATHS);
+  for (const bad of ["relative", "/a,b", "/x/../etc", "/trailing/"]) {
+    assert.throws(() => parseCompileOptions([`--kubelet-dir=${bad}`]), RangeError, bad);
+  }
+  assert.throws(() => parseCompileOptions(["--kubelet-dir"]), RangeError);
 });
 
 Deno.test("compile task: a runtime download failure is recognised", () => {

@@ -61,12 +61,18 @@ async function load(file: string): Promise<Doc[]> {
   return out;
 }
 
+/** Every resource and kustomization; overlay patches are partial documents and are left out. */
 async function loadAll(): Promise<Loaded[]> {
   const all: Loaded[] = [];
   for (const file of await yamlFiles(MANIFESTS)) {
     for (const doc of await load(file)) all.push({ file, doc });
   }
-  return all;
+  const patches = new Set(
+    all.filter(({ doc }) => doc.kind === "Kustomization").flatMap(({ file, doc }) =>
+      ((doc.patches ?? []) as Doc[]).filter((p) => p.path).map((p) => join(dirname(file), p.path))
+    ),
+  );
+  return all.filter(({ file }) => !patches.has(file));
 }
 
 function resources(all: Loaded[]): Loaded[] {
@@ -180,10 +186,10 @@ Deno.test("manifests: each kustomization lists exactly the files beside it", asy
 });
 
 Deno.test({
-  name: "manifests: kubectl kustomize builds base and example",
+  name: "manifests: kubectl kustomize builds base, example and the microk8s overlay",
   ignore: !(await hasKubectl()),
   async fn() {
-    for (const dir of ["base", "example"]) {
+    for (const dir of ["base", "example", "microk8s"]) {
       const output = await new Deno.Command("kubectl", {
         args: ["kustomize", join(MANIFESTS, dir)],
         stdout: "piped",
@@ -407,4 +413,49 @@ Deno.test("docs/operating.md documents every flag the driver accepts", async () 
     const shown = name === "help" || name === "version" ? `\`--${name}\`` : `\`-${name}\``;
     assert.ok(doc.includes(shown), `${shown} is not in docs/operating.md`);
   }
+});
+
+Deno.test({
+  name:
+    "manifests: the microk8s overlay moves every kubelet path and matches its image's permission set",
+  ignore: !(await hasKubectl()),
+  async fn() {
+    const dir = join(MANIFESTS, "microk8s");
+    const output = await new Deno.Command("kubectl", {
+      args: ["kustomize", dir],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.ok(output.success, new TextDecoder().decode(output.stderr));
+    const docs = parseAllDocuments(new TextDecoder().decode(output.stdout)).map((d) =>
+      d.toJS() as Doc
+    );
+    const ds = docs.find((d) => d.kind === "DaemonSet" && d.metadata.name === "spiffe-csi-driver");
+    assert.ok(ds);
+    const pod = ds.spec.template.spec;
+    const config = driverConfig(pod);
+    const root = "/var/snap/microk8s/common/var/lib/kubelet";
+    assert.equal(config.kubeletDir, root);
+    // The image is built with the same root (the build line in the kustomization).
+    const kustomization = await Deno.readTextFile(join(dir, "kustomization.yaml"));
+    assert.equal(/--build-arg KUBELET_DIR=(\S+)/.exec(kustomization)?.[1], root);
+    const set = permissionSet({ ...CONTAINER_PATHS, kubeletDir: root });
+    const driver = container(pod, "spiffe-csi-driver");
+    for (const mount of driver.volumeMounts as Doc[]) {
+      assert.ok(
+        [...set.read, ...set.write].some((entry) => within(entry, mount.mountPath)),
+        `${mount.mountPath} is mounted but outside the image's permission set`,
+      );
+    }
+    const pods = hostPathOf(pod, driver, `${root}/pods`);
+    assert.equal(pods.host, `${root}/pods`, "kubelet's targets are host paths");
+    assert.equal(pods.mount.mountPropagation, "Bidirectional");
+    const registrar = container(pod, "node-driver-registrar");
+    const csiHost = hostPathOf(pod, driver, config.csiSocketPath).host;
+    assert.equal(csiHost, `${root}/plugins/${config.pluginName}/csi.sock`);
+    assert.equal(flag(registrar.args, "kubelet-registration-path"), csiHost);
+    assert.equal(hostPathOf(pod, registrar, "/registration").host, `${root}/plugins_registry`);
+    const leftovers = JSON.stringify(pod).match(/"\/var\/lib\/kubelet[^"]*"/g) ?? [];
+    assert.deepEqual(leftovers, [], "a path still points at the default kubelet root");
+  },
 });

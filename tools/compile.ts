@@ -8,7 +8,12 @@
  * (no internet), this task stops with one line saying so and exits non-zero: it never substitutes
  * another runtime.
  */
-import { CONTAINER_PATHS, permissionFlags, V8_FLAGS } from "../lib/permissions.ts";
+import {
+  CONTAINER_PATHS,
+  type DriverPaths,
+  permissionFlags,
+  V8_FLAGS,
+} from "../lib/permissions.ts";
 
 /** The Linux targets the driver is built for. */
 export const TARGETS = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"] as const;
@@ -32,15 +37,19 @@ export function outputPath(target: Target): string {
   return `dist/${target}/${BINARY_NAME}`;
 }
 
-/** Arguments for `deno` that compile the driver for `target` (pure, so a test can check them). */
-export function compileArgs(target: Target): string[] {
+/**
+ * Arguments for `deno` that compile the driver for `target` (pure, so a test can check them). The
+ * permission set is the container layout's, with kubelet's root changed where it is not
+ * /var/lib/kubelet (microk8s, k0s).
+ */
+export function compileArgs(target: Target, paths: DriverPaths = CONTAINER_PATHS): string[] {
   return [
     "compile",
     // --v8-flags also limits the compiling process, and type checking needs more than 64 MB of
     // heap: the task type-checks first (checkArgs) and compiles without a second check.
     "--no-check",
     "--frozen",
-    ...permissionFlags(CONTAINER_PATHS),
+    ...permissionFlags(paths),
     `--v8-flags=${V8_FLAGS}`,
     "--target",
     target,
@@ -55,22 +64,47 @@ export function checkArgs(): string[] {
   return ["check", "--frozen", ENTRY];
 }
 
-/** Parses the task's own arguments into the targets to build; throws RangeError on a bad one. */
-export function parseTargets(args: string[]): Target[] {
+/** What the compile task was asked to build. */
+export interface CompileOptions {
+  targets: Target[];
+  /** The container paths the binary's permission set allows. */
+  paths: DriverPaths;
+}
+
+/** Parses the task's own arguments (`--target`, `--kubelet-dir`); throws RangeError on a bad one. */
+export function parseCompileOptions(args: string[]): CompileOptions {
   let wanted = "all";
+  let kubeletDir = CONTAINER_PATHS.kubeletDir;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] as string;
-    if (arg.startsWith("--target=")) wanted = arg.slice("--target=".length);
-    else if (arg === "--target" && args[i + 1] !== undefined) wanted = args[++i] as string;
+    const [name, inline] = arg.startsWith("--") && arg.includes("=")
+      ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
+      : [arg, undefined];
+    const value = () => {
+      const v = inline ?? args[++i];
+      if (v === undefined) throw new RangeError(`Missing value for ${name}`);
+      return v;
+    };
+    if (name === "--target") wanted = value();
+    else if (name === "--kubelet-dir") kubeletDir = value();
     else throw new RangeError(`Unexpected argument: ${arg}`);
   }
-  if (wanted === "all") return [...TARGETS];
+  if (!/^\/[^,\0\n]*[^/]$/.test(kubeletDir) || kubeletDir.split("/").includes("..")) {
+    throw new RangeError(`--kubelet-dir must be an absolute path: ${kubeletDir}`);
+  }
+  const paths = { ...CONTAINER_PATHS, kubeletDir };
+  if (wanted === "all") return { targets: [...TARGETS], paths };
   for (const target of TARGETS) {
-    if (wanted === target || wanted === TARGET_ARCH[target]) return [target];
+    if (wanted === target || wanted === TARGET_ARCH[target]) return { targets: [target], paths };
   }
   throw new RangeError(
     `Unknown target: ${wanted} (use all, amd64, arm64, ${TARGETS.join(", ")})`,
   );
+}
+
+/** The targets the task's arguments ask for. */
+export function parseTargets(args: string[]): Target[] {
+  return parseCompileOptions(args).targets;
 }
 
 /** True when `deno compile` failed because it could not fetch the denort runtime. */
@@ -88,9 +122,9 @@ async function typeCheck(): Promise<number> {
   return status.success ? 0 : 1;
 }
 
-async function compile(target: Target): Promise<number> {
+async function compile(target: Target, paths: DriverPaths): Promise<number> {
   const output = await new Deno.Command("deno", {
-    args: compileArgs(target),
+    args: compileArgs(target, paths),
     cwd: new URL("..", import.meta.url),
     stdin: "null",
     stdout: "inherit",
@@ -122,17 +156,17 @@ function writeAll(data: Uint8Array): void {
 }
 
 if (import.meta.main) {
-  let targets: Target[];
+  let options: CompileOptions;
   try {
-    targets = parseTargets(Deno.args);
+    options = parseCompileOptions(Deno.args);
   } catch (error) {
     say(`deno task compile: ${error instanceof Error ? error.message : String(error)}`);
     Deno.exit(2);
   }
   const checked = await typeCheck();
   if (checked !== 0) Deno.exit(checked);
-  for (const target of targets) {
-    const code = await compile(target);
+  for (const target of options.targets) {
+    const code = await compile(target, options.paths);
     if (code !== 0) Deno.exit(code);
     say(`deno task compile: wrote ${outputPath(target)}`);
   }
