@@ -8,6 +8,7 @@ import { createServer, listen, shutdown } from "./lib/server.ts";
 import { inspectSocketDir } from "./lib/socket_dir.ts";
 import { auditStackedMounts } from "./lib/audit.ts";
 import { diagnose } from "./lib/diagnose.ts";
+import { errorMessage } from "./lib/csi/errors.ts";
 
 const SHUTDOWN_GRACE_MS = 10_000;
 
@@ -60,7 +61,7 @@ async function main(args: string[]): Promise<number> {
   } catch (error) {
     log.error("Cannot serve CSI on {csi_socket_path}: {error}", {
       csi_socket_path: config.csiSocketPath,
-      error: error instanceof Error ? error.message : String(error),
+      error: errorMessage(error),
     });
     return 1;
   }

@@ -32,7 +32,7 @@ export async function findStackedMounts(
     } catch {
       continue;
     }
-    if (await sameFile(target, paths.socketDir).catch(() => false)) {
+    if (sameFile(target, paths.socketDir)) {
       stacked.push({ target, layers });
     }
   }

@@ -1,17 +1,18 @@
 /** Small filesystem probes shared by the handlers: identity comparison and layer removal. */
 import type { PinnedTarget } from "./pinned_target.ts";
 
-/** True when `a` and `b` are the same directory (same device and inode): a bind of `b` at `a`. */
-export async function sameFile(a: string, b: string): Promise<boolean> {
-  const [x, y] = await Promise.all([Deno.stat(a), Deno.stat(b)]);
-  return x.dev === y.dev && x.ino !== null && x.ino === y.ino;
-}
-
-/** sameFile, synchronously (for use while a target is pinned). */
-export function sameFileSync(a: string, b: string): boolean {
-  const x = Deno.statSync(a);
-  const y = Deno.statSync(b);
-  return x.dev === y.dev && x.ino !== null && x.ino === y.ino;
+/**
+ * True when `a` and `b` are the same directory (same device and inode), i.e. `a` is a bind of `b`;
+ * false when either cannot be stat'ed. Synchronous, for use while a target is pinned.
+ */
+export function sameFile(a: string, b: string): boolean {
+  try {
+    const x = Deno.statSync(a);
+    const y = Deno.statSync(b);
+    return x.dev === y.dev && x.ino !== null && x.ino === y.ino;
+  } catch {
+    return false;
+  }
 }
 
 /** True for an error that says the path is a mount point (rmdir gives EBUSY). */

@@ -1,6 +1,6 @@
 /** The Mounter interface and the system mounter: mount/umount through Deno.Command, never a shell. */
 import type { MountTarget } from "./pinned_target.ts";
-import { CsiError } from "./csi/errors.ts";
+import { CsiError, errorMessage } from "./csi/errors.ts";
 
 /** Bind mounts and unmounts; injected so tests can use a fake. */
 export interface Mounter {
@@ -148,8 +148,7 @@ export class SystemMounter implements Mounter {
       }
     } catch (error) {
       if (error instanceof CsiError) throw error;
-      const reason = error instanceof Error ? error.message : String(error);
-      throw new MountError(`${command} could not run: ${reason}`, { cause: error });
+      throw new MountError(`${command} could not run: ${errorMessage(error)}`, { cause: error });
     }
     if (!status.success) {
       const text = new TextDecoder().decode(stderr).trim().replaceAll("\n", "; ");

@@ -1,4 +1,5 @@
 /** Health of a Workload API socket directory: can it be listed, and does a socket in it accept? */
+import { errorMessage } from "./csi/errors.ts";
 
 /** What inspectSocketDir found. */
 export interface SocketDirHealth {
@@ -36,8 +37,11 @@ export async function inspectSocketDir(
       }
     }
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    return { healthy: false, message: `unable to list the volume: ${reason}`, entries };
+    return {
+      healthy: false,
+      message: `unable to list the volume: ${errorMessage(error)}`,
+      entries,
+    };
   }
   if (options.listOnly) return { healthy: true, message: "listed", entries };
   if (sockets.length === 0) {

@@ -190,15 +190,7 @@ Deno.test({
   ignore: !(await hasKubectl()),
   async fn() {
     for (const dir of ["base", "example", "microk8s"]) {
-      const output = await new Deno.Command("kubectl", {
-        args: ["kustomize", join(MANIFESTS, dir)],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assert.ok(output.success, new TextDecoder().decode(output.stderr));
-      const docs = parseAllDocuments(new TextDecoder().decode(output.stdout)).map((d) =>
-        d.toJS() as Doc
-      );
+      const docs = await kustomize(join(MANIFESTS, dir));
       for (const doc of docs) {
         const Model = MODELS[`${doc.apiVersion}/${doc.kind}`];
         assert.ok(Model, `${doc.kind}: no schema`);
@@ -211,6 +203,17 @@ Deno.test({
     }
   },
 });
+
+/** The documents `kubectl kustomize dir` builds. */
+async function kustomize(dir: string): Promise<Doc[]> {
+  const output = await new Deno.Command("kubectl", {
+    args: ["kustomize", dir],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.ok(output.success, new TextDecoder().decode(output.stderr));
+  return parseAllDocuments(new TextDecoder().decode(output.stdout)).map((d) => d.toJS() as Doc);
+}
 
 async function hasKubectl(): Promise<boolean> {
   try {
@@ -421,15 +424,7 @@ Deno.test({
   ignore: !(await hasKubectl()),
   async fn() {
     const dir = join(MANIFESTS, "microk8s");
-    const output = await new Deno.Command("kubectl", {
-      args: ["kustomize", dir],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.ok(output.success, new TextDecoder().decode(output.stderr));
-    const docs = parseAllDocuments(new TextDecoder().decode(output.stdout)).map((d) =>
-      d.toJS() as Doc
-    );
+    const docs = await kustomize(dir);
     const ds = docs.find((d) => d.kind === "DaemonSet" && d.metadata.name === "spiffe-csi-driver");
     assert.ok(ds);
     const pod = ds.spec.template.spec;

@@ -12,7 +12,7 @@ import type {
 import type { Mounter } from "../mount.ts";
 import { KeyedLock } from "../keyed_lock.ts";
 import { assertNoSymlinks, parseTargetPath, quote, type TargetPath } from "../target_path.ts";
-import { sameFileSync, unmountAndRemove } from "../fs_util.ts";
+import { sameFile, unmountAndRemove } from "../fs_util.ts";
 import { lstatOrNull, PinnedTarget } from "../pinned_target.ts";
 import { inspectSocketDir } from "../socket_dir.ts";
 
@@ -59,14 +59,6 @@ function makeTargetDir(name: string): boolean {
   }
   Deno.chmodSync(name, 0o750);
   return true;
-}
-
-function sameFileOrFalse(a: string, b: string): boolean {
-  try {
-    return sameFileSync(a, b);
-  } catch {
-    return false;
-  }
 }
 
 /** Checks a publish request in upstream's order, with upstream's messages (pure). */
@@ -124,7 +116,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       if (!created) {
         // Already published (kubelet retries, driver restarts): never stack a second layer, but
         // harden again: a driver killed between the bind and the hardening left it without flags.
-        if (pinned.run((name) => sameFileSync(name, socketDir))) {
+        if (pinned.run((name) => sameFile(name, socketDir))) {
           await mounter.harden(pinned);
           return {};
         }
@@ -135,7 +127,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       attempted = true;
       await mounter.bindMount(socketDir, pinned);
       mounted = true;
-      if (!pinned.run((name) => sameFileSync(name, socketDir))) {
+      if (!pinned.run((name) => sameFile(name, socketDir))) {
         throw new Error("the new mount is not at the target path");
       }
       return {};
@@ -143,7 +135,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       // A failed bindMount may still have left its bind (e.g. the hardening step failed).
       const isBind = () => {
         try {
-          return pinned.run((name) => sameFileOrFalse(name, socketDir));
+          return pinned.run((name) => sameFile(name, socketDir));
         } catch {
           return false;
         }
@@ -188,7 +180,7 @@ export function createNodeService(options: NodeOptions): NodeService {
     let found: { isBind: boolean } | null;
     try {
       found = target.run((name) =>
-        lstatOrNull(name) === null ? null : { isBind: sameFileOrFalse(name, socketDir) }
+        lstatOrNull(name) === null ? null : { isBind: sameFile(name, socketDir) }
       );
     } catch (error) {
       if (!(error instanceof Deno.errors.NotFound)) throw error;
