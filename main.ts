@@ -9,6 +9,7 @@ import { inspectSocketDir } from "./lib/socket_dir.ts";
 import { auditStackedMounts } from "./lib/audit.ts";
 import { diagnose } from "./lib/diagnose.ts";
 import { errorMessage } from "./lib/csi/errors.ts";
+import { DirPin } from "./lib/dir_pin.ts";
 
 const SHUTDOWN_GRACE_MS = 10_000;
 
@@ -40,6 +41,15 @@ async function main(args: string[]): Promise<number> {
     workload_api_socket_dir: config.socketDir,
     kubelet_dir: config.kubeletDir,
   });
+  // Every step on a target goes through the pin; it needs util-linux mount and a working link.
+  const pins = new DirPin({ link: config.cwdLink });
+  try {
+    await mounter.check();
+    await pins.check(`${config.kubeletDir}/pods`);
+  } catch (error) {
+    log.error("Cannot work on targets safely: {error}", { error: errorMessage(error) });
+    return 2;
+  }
   const server = createServer({
     log,
     identity: createIdentityService({
@@ -54,6 +64,7 @@ async function main(args: string[]): Promise<number> {
       kubeletDir: config.kubeletDir,
       socketNames: config.socketNames,
       mounter,
+      pins,
     }),
   });
   try {
@@ -67,9 +78,9 @@ async function main(args: string[]): Promise<number> {
   }
   log.info("Serving CSI on {csi_socket_path}", { csi_socket_path: config.csiSocketPath });
   // Audit after serving: a slow mount table never delays registration.
-  auditStackedMounts(config, { mounter, log, prune: config.pruneStackedMounts }).catch((error) =>
-    log.warn("Stacked mount audit failed: {error}", { error: String(error) })
-  );
+  auditStackedMounts(config, { mounter, pins, log, prune: config.pruneStackedMounts }).catch((
+    error,
+  ) => log.warn("Stacked mount audit failed: {error}", { error: String(error) }));
 
   const signal = await new Promise<string>((resolve) => {
     for (const name of ["SIGTERM", "SIGINT"] as const) {

@@ -3,8 +3,8 @@ import type { Mounter } from "./mount.ts";
 import type { Logger } from "./log.ts";
 import { layersUnder, parseMountListing } from "./mount_table.ts";
 import { parseTargetPath } from "./target_path.ts";
-import { sameFile } from "./fs_util.ts";
-import { PinnedTarget } from "./pinned_target.ts";
+import { pinnedIs, PinnedTarget, sameFile } from "./pinned_target.ts";
+import type { DirPin } from "./dir_pin.ts";
 
 /** A target with stacked layers. */
 export interface StackedTarget {
@@ -42,6 +42,8 @@ export async function findStackedMounts(
 /** Options for auditStackedMounts. */
 export interface AuditOptions {
   mounter: Mounter;
+  /** The pin every unmount goes through (shared with the node service). */
+  pins: DirPin;
   log: Logger;
   /** Unmount the extra layers, leaving one. */
   prune: boolean;
@@ -60,10 +62,18 @@ export async function auditStackedMounts(
     });
     if (!options.prune) continue;
     const pinned = new PinnedTarget(target);
-    for (let i = 1; i < layers; i++) await options.mounter.unmount(pinned);
+    const count = await options.pins.hold(async (pin) => {
+      let pruned = 0;
+      for (; pruned < layers - 1; pruned++) {
+        pinned.enter(pin);
+        if (!pinnedIs(pin, paths.socketDir)) break;
+        await options.mounter.unmount(pinned.mountTarget(pin));
+      }
+      return pruned;
+    });
     options.log.info("Pruned {count} extra layers on {target_path}", {
       target_path: target,
-      count: layers - 1,
+      count,
     });
   }
   if (stacked.length === 0) options.log.debug("No stacked mounts under the kubelet pods dir");

@@ -98,6 +98,12 @@ const FLAGS: Record<string, FlagSpec> = {
     default: "/usr/bin/umount",
     help: "Absolute path of the umount binary",
   },
+  "cwd-link": {
+    type: "string",
+    default: "/run/spiffe-csi-driver/cwd",
+    help:
+      "A symlink to /proc/self/cwd: the driver's race-free way to its pinned directory (the image ships it)",
+  },
   "registration-dir": {
     type: "string",
     help: "diagnose only: kubelet's plugin registration directory to check",
@@ -190,6 +196,7 @@ export function parseInvocation(args: string[], options: ParseOptions = {}): Inv
     kubeletDir: path("kubelet-dir"),
     mountPath: path("mount-path"),
     umountPath: path("umount-path"),
+    cwdLink: path("cwd-link"),
     logLevel: oneOf("log-level", str("log-level"), LOG_LEVELS),
     logFormat: oneOf("log-format", str("log-format"), LOG_FORMATS),
     pruneStackedMounts: values["prune-stacked-mounts"] === true,
@@ -219,6 +226,7 @@ export function configToArgs(config: Config): string[] {
     `-kubelet-dir=${config.kubeletDir}`,
     `-mount-path=${config.mountPath}`,
     `-umount-path=${config.umountPath}`,
+    `-cwd-link=${config.cwdLink}`,
     `-log-level=${config.logLevel}`,
     `-log-format=${config.logFormat}`,
   ];

@@ -35,6 +35,7 @@ Deno.test("parseInvocation() uses upstream's defaults", () => {
     kubeletDir: "/var/lib/kubelet",
     mountPath: "/usr/bin/mount",
     umountPath: "/usr/bin/umount",
+    cwdLink: "/run/spiffe-csi-driver/cwd",
     logLevel: "info",
     logFormat: "json",
     pruneStackedMounts: false,

@@ -4,42 +4,30 @@ import type { MountTarget } from "./pinned_target.ts";
 
 const target: MountTarget = {
   path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount",
-  pinnedPath: "/proc/self/cwd/mount",
-  pin() {},
+  childPath: "/proc/42/cwd",
 };
 
-Deno.test("mountArgs() for util-linux: one hardened bind, every step through the pinned path", () => {
-  assert.deepEqual(mountArgs("util-linux", "bind", target, "/agent"), [
+Deno.test("mountArgs() names the pinned directory only, never the target's path string", () => {
+  assert.deepEqual(mountArgs("bind", target, "/agent"), [
     "--no-canonicalize",
     "--bind",
-    "-o",
-    "nosuid,nodev,noexec",
     "/agent",
-    "/proc/self/cwd/mount",
+    "/proc/42/cwd",
   ]);
-  assert.deepEqual(mountArgs("util-linux", "harden", target), [
+  assert.deepEqual(mountArgs("harden", target), [
     "--no-canonicalize",
     "-o",
     "remount,bind,nosuid,nodev,noexec",
-    "/proc/self/cwd/mount",
+    "/proc/42/cwd",
   ]);
-  assert.deepEqual(mountArgs("util-linux", "unmount", target), [
+  assert.deepEqual(mountArgs("unmount", target), [
+    "--no-canonicalize",
     "-i",
     "-n",
-    "/proc/self/cwd/mount",
+    "-l",
+    "/proc/42/cwd",
   ]);
-});
-
-Deno.test("mountArgs() for busybox: bind through the pinned path, harden and unmount by real path", () => {
-  assert.deepEqual(mountArgs("busybox", "bind", target, "/agent"), [
-    "--bind",
-    "/agent",
-    "/proc/self/cwd/mount",
-  ]);
-  assert.deepEqual(mountArgs("busybox", "harden", target), [
-    "-o",
-    "remount,bind,nosuid,nodev,noexec",
-    target.path,
-  ]);
-  assert.deepEqual(mountArgs("busybox", "unmount", target), [target.path]);
+  for (const operation of ["bind", "harden", "unmount"] as const) {
+    assert.ok(!mountArgs(operation, target, "/agent").includes(target.path), operation);
+  }
 });

@@ -22,6 +22,8 @@ export interface DriverPaths {
   umountPath: string;
   /** Names of the Workload API sockets the driver may connect to (health checks). */
   socketNames: string[];
+  /** The symlink to /proc/self/cwd the driver reaches its pinned directory through. */
+  cwdLink: string;
 }
 
 /** A permission set: allowlists by kind, as in deno.json. */
@@ -42,6 +44,7 @@ export const CONTAINER_PATHS: Readonly<DriverPaths> = Object.freeze({
   mountPath: "/usr/bin/mount",
   umountPath: "/usr/bin/umount",
   socketNames: ["api.sock", "spire-agent.sock", "agent.sock"],
+  cwdLink: "/run/spiffe-csi-driver/cwd",
 });
 
 /** The permission set as written in deno.json, for the container layout. */
@@ -115,6 +118,7 @@ function retargetPath(entry: string, paths: DriverPaths): string {
     [CONTAINER_PATHS.kubeletDir, paths.kubeletDir],
     [CONTAINER_PATHS.mountPath, paths.mountPath],
     [CONTAINER_PATHS.umountPath, paths.umountPath],
+    [CONTAINER_PATHS.cwdLink, paths.cwdLink],
   ];
   for (const [from, to] of pairs) {
     if (entry === from) return to;

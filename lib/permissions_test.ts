@@ -10,12 +10,13 @@ import {
 
 const PROBE = fileURLToPath(new URL("../tests/fixtures/sandbox_probe.ts", import.meta.url));
 
-Deno.test("the permission set allows only mount/umount, the socket dir, the CSI socket and kubelet's pods dir", () => {
+Deno.test("the permission set allows only mount/umount, the socket dir, the CSI socket, kubelet's pods dir and the cwd link", () => {
   const set = declaredPermissionSet();
   assert.deepEqual(set.run, ["/usr/bin/mount", "/usr/bin/umount"]);
   assert.deepEqual(set.net, ["unix:/spiffe-csi/csi.sock", "unix:/spiffe-workload-api/*"]);
   assert.deepEqual(set.env, ["GRPC_*", "MY_NODE_NAME"]);
   assert.deepEqual(set.write.sort(), [
+    "/run/spiffe-csi-driver/cwd",
     "/spiffe-csi/csi.sock",
     "/spiffe-workload-api",
     "/var/lib/kubelet/pods",
@@ -36,13 +37,20 @@ Deno.test("permissionSet() re-targets every path to the configured ones", () => 
     mountPath: "/bin/mount",
     umountPath: "/bin/umount",
     socketNames: ["api.sock", "w.sock"],
+    cwdLink: "/tmp/a/cwd",
   };
   assert.deepEqual(permissionSet(paths), {
-    read: ["/tmp/a/agent", "/tmp/a/csi/csi.sock", "/var/snap/microk8s/common/var/lib/kubelet/pods"],
+    read: [
+      "/tmp/a/agent",
+      "/tmp/a/csi/csi.sock",
+      "/var/snap/microk8s/common/var/lib/kubelet/pods",
+      "/tmp/a/cwd",
+    ],
     write: [
       "/tmp/a/agent",
       "/tmp/a/csi/csi.sock",
       "/var/snap/microk8s/common/var/lib/kubelet/pods",
+      "/tmp/a/cwd",
     ],
     net: ["unix:/tmp/a/csi/csi.sock", "unix:/tmp/a/agent/api.sock", "unix:/tmp/a/agent/w.sock"],
     env: ["GRPC_*", "NODE"],

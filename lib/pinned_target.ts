@@ -1,25 +1,24 @@
 /**
- * A publish target whose filesystem operations cannot be redirected by a symlink swapped into its
- * path. Each step makes the target's parent directory the process's working directory, proves with
- * getcwd that it was reached without a symlink, then works on the last component by relative name.
- * Mount and umount are started while pinned and reach the target through `/proc/self/cwd`, which
- * the kernel resolves to the pinned directory itself, not to the path string again.
+ * The filesystem steps on one publish target, each taken through the pin (lib/dir_pin.ts) so that
+ * a symlink swapped into the target's path cannot redirect it: the parent is pinned and verified,
+ * the target is created, inspected and removed by name inside the pinned parent, and mount/umount
+ * act on the pinned target directory itself.
  */
+import { rmdirSync } from "node:fs";
+import type { Pin } from "./dir_pin.ts";
 import { invalidArgument } from "./csi/errors.ts";
 import { quote } from "./target_path.ts";
 
-/** A target that mount/umount can be pointed at without re-resolving its path. */
+/** What mount and umount are pointed at: the pinned directory, named for messages by its path. */
 export interface MountTarget {
-  /** The absolute path, as the client named it. */
+  /** The absolute path, as the client named it (for messages only). */
   readonly path: string;
-  /** The path a child started while pinned uses to reach the target through the pinned directory. */
-  readonly pinnedPath: string;
-  /** Pins the working directory to the target's parent (throws InvalidArgument on a symlink). */
-  pin(): void;
+  /** The path the child resolves to the pinned directory itself. */
+  readonly childPath: string;
 }
 
-/** A target path (no trailing slash) worked on relative to its pinned parent. */
-export class PinnedTarget implements MountTarget {
+/** A target path split into the parent the pin holds and the name worked on inside it. */
+export class PinnedTarget {
   readonly path: string;
   readonly parent: string;
   readonly name: string;
@@ -34,34 +33,123 @@ export class PinnedTarget implements MountTarget {
     this.name = path.slice(slash + 1);
   }
 
-  get pinnedPath(): string {
-    return `/proc/self/cwd/${this.name}`;
+  /** The pinned target directory, for the mounter (call after `enter`). */
+  mountTarget(pin: Pin): MountTarget {
+    return { path: this.path, childPath: pin.childPath };
   }
 
-  pin(): void {
-    Deno.chdir(this.parent);
-    let cwd: string;
-    try {
-      cwd = Deno.cwd();
-    } catch {
-      throw invalidArgument(`target path ${quote(this.path)} changed while in use`);
+  /**
+   * Pins the parent and reports whether the target exists; throws InvalidArgument when it is a
+   * symlink or not a directory, and NotFound when the parent is missing.
+   */
+  exists(pin: Pin): boolean {
+    pin.at(this.parent);
+    const info = lstatOrNull(pin.path(this.name));
+    if (info === null) return false;
+    if (info.isSymlink) throw invalidArgument(`target path ${quote(this.path)} is a symlink`);
+    if (!info.isDirectory) {
+      throw invalidArgument(`target path ${quote(this.path)} is not a directory`);
     }
-    if (cwd !== this.parent) {
-      throw invalidArgument(
-        `target path ${quote(this.path)} resolves through a symlink (to ${quote(cwd)})`,
-      );
+    return true;
+  }
+
+  /** Creates the target 0750 inside the pinned parent (after `exists`); false when it already exists. */
+  create(pin: Pin): boolean {
+    try {
+      Deno.mkdirSync(pin.path(this.name), { mode: 0o750 });
+      return true;
+    } catch (error) {
+      if (error instanceof Deno.errors.AlreadyExists) return false;
+      throw error;
+    }
+  }
+
+  /** Pins the parent and lists the other directories in it (kubelet keeps only the target there). */
+  strays(pin: Pin): string[] {
+    pin.at(this.parent);
+    return [...Deno.readDirSync(pin.path())]
+      .filter((entry) => entry.isDirectory && entry.name !== this.name)
+      .map((entry) => entry.name);
+  }
+
+  /** Pins the target directory itself: the top mount on it, if any. */
+  enter(pin: Pin): void {
+    pin.at(this.parent);
+    pin.into(this.name);
+  }
+
+  /**
+   * Removes the target, unmounting every layer stacked on it first. rmdir on a mount point fails
+   * with EBUSY, so each EBUSY means one more layer: no mount table scan and no exec for a plain
+   * directory. A missing target counts as removed; a missing parent throws NotFound.
+   */
+  async clear(
+    pin: Pin,
+    unmount: (target: MountTarget) => Promise<void>,
+    maxLayers: number,
+  ): Promise<ClearResult> {
+    for (let unmounted = 0;; unmounted++) {
+      pin.at(this.parent);
+      const attempt = this.remove(pin);
+      if (attempt !== "busy") return { unmounted, removed: attempt === "removed" };
+      if (unmounted >= maxLayers) {
+        throw new Error(`still a mount point after ${unmounted} unmounts`);
+      }
+      pin.into(this.name);
+      await unmount(this.mountTarget(pin));
     }
   }
 
   /**
-   * Runs `work` on the target's name with the parent pinned. `work` must be synchronous: an await
-   * would let another call move the working directory.
+   * With the pin at the parent: rmdir(2) of the target, never an unlink (Deno.remove checks the
+   * type first and unlinks a symlink swapped in after the check; node:fs rmdirSync is rmdir alone).
    */
-  run<T>(work: (name: string) => T): T {
-    this.pin();
-    const info = lstatOrNull(this.name);
-    if (info?.isSymlink) throw invalidArgument(`target path ${quote(this.path)} is a symlink`);
-    return work(this.name);
+  remove(pin: Pin): "removed" | "busy" | "not-empty" {
+    try {
+      rmdirSync(pin.path(this.name));
+      return "removed";
+    } catch (error) {
+      switch (errorCode(error)) {
+        case "ENOENT":
+          return "removed";
+        case "EBUSY":
+          return "busy";
+        case "ENOTEMPTY":
+        case "EEXIST":
+          return "not-empty";
+        case "ENOTDIR": {
+          const what = lstatOrNull(pin.path(this.name))?.isSymlink
+            ? "a symlink"
+            : "not a directory";
+          throw invalidArgument(`target path ${quote(this.path)} is ${what}`);
+        }
+      }
+      throw error;
+    }
+  }
+}
+
+/** How `clear` ended. */
+export interface ClearResult {
+  /** Mount layers unmounted on the way. */
+  unmounted: number;
+  /** The directory is gone (false: it stays because it is not empty and not a mount point). */
+  removed: boolean;
+}
+
+/** True when the pinned directory is `dir` (same device and inode): the target is a bind of it. */
+export function pinnedIs(pin: Pin, dir: string): boolean {
+  return sameFile(pin.path(), dir);
+}
+
+/** True when `a` and `b` are the same directory (device and inode); false when either cannot be stat'ed. */
+export function sameFile(a: string, b: string): boolean {
+  try {
+    const x = Deno.statSync(a);
+    const y = Deno.statSync(b);
+    return x.dev === y.dev && x.ino !== null && x.ino === y.ino;
+  } catch {
+    return false;
   }
 }
 
@@ -73,4 +161,9 @@ export function lstatOrNull(path: string): Deno.FileInfo | null {
     if (error instanceof Deno.errors.NotFound) return null;
     throw error;
   }
+}
+
+function errorCode(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : undefined;
 }

@@ -18,8 +18,6 @@ export interface InspectOptions {
   listOnly?: boolean;
   /** Socket names that may be connected to (the permission set allows exactly these). */
   names?: string[];
-  /** Connect through this directory instead of `dir` (the same directory, seen through its bind). */
-  connectDir?: string;
 }
 
 /** Lists `dir` and, unless listOnly, connects to each Unix socket in it until one accepts. */
@@ -62,7 +60,7 @@ export async function inspectSocketDir(
     };
   }
   for (const name of allowed) {
-    if (await accepts(`${options.connectDir ?? dir}/${name}`, options.timeoutMs)) {
+    if (await accepts(`${dir}/${name}`, options.timeoutMs)) {
       return { healthy: true, message: "a Workload API socket accepts connections", entries };
     }
   }

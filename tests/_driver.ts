@@ -13,6 +13,8 @@ export interface StartOptions {
   socketDir: string;
   csiSocketPath: string;
   kubeletDir: string;
+  /** A symlink to /proc/self/cwd (-cwd-link). */
+  cwdLink: string;
   nodeId?: string;
   /** More driver flags, e.g. ["-log-level=debug"]. */
   flags?: string[];
@@ -36,6 +38,7 @@ export function driverConfig(options: StartOptions): Config {
     `-workload-api-socket-dir=${options.socketDir}`,
     `-csi-socket-path=${options.csiSocketPath}`,
     `-kubelet-dir=${options.kubeletDir}`,
+    `-cwd-link=${options.cwdLink}`,
     `-node-id=${options.nodeId ?? "test-node"}`,
     ...(options.flags ?? []),
   ]);

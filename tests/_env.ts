@@ -28,12 +28,14 @@ export function prng(seed: number): () => number {
 /** True inside tests/run.sh's private mount namespace (root): real-mount tests run. */
 export const REAL_MOUNTS = Deno.env.get("SPIFFE_CSI_REAL_MOUNTS") === "1";
 
-/** A kubelet-shaped temp tree: `<root>/agent` (socket dir), `<root>/kubelet/pods`, `<root>/csi/csi.sock`. */
+/** A kubelet-shaped temp tree: `<root>/agent` (socket dir), `<root>/kubelet/pods`, `<root>/csi/csi.sock`, `<root>/cwd`. */
 export interface TempTree {
   root: string;
   socketDir: string;
   kubeletDir: string;
   csiSocketPath: string;
+  /** `<root>/cwd`, a symlink to /proc/self/cwd (the driver's -cwd-link). */
+  cwdLink: string;
   /** `<kubelet>/pods/<uid>/volumes/kubernetes.io~csi/<vol>/mount`, with the parent created (0750) as kubelet does. */
   target(uid: string, volume?: string): Promise<string>;
   /** Removes the tree (only after every mount in it is gone). */
@@ -48,6 +50,7 @@ export async function makeTempTree(prefix = "spiffe-csi-test-"): Promise<TempTre
     socketDir: `${root}/agent`,
     kubeletDir: `${root}/kubelet`,
     csiSocketPath: `${root}/csi/csi.sock`,
+    cwdLink: `${root}/cwd`,
     async target(uid, volume = "spiffe") {
       const parent = `${root}/kubelet/pods/${uid}/volumes/kubernetes.io~csi/${volume}`;
       await Deno.mkdir(parent, { recursive: true, mode: 0o750 });
@@ -61,5 +64,6 @@ export async function makeTempTree(prefix = "spiffe-csi-test-"): Promise<TempTre
   await Deno.mkdir(tree.socketDir, { recursive: true });
   await Deno.mkdir(`${root}/csi`, { recursive: true });
   await Deno.mkdir(`${root}/kubelet/pods`, { recursive: true });
+  await Deno.symlink("/proc/self/cwd", tree.cwdLink);
   return tree;
 }

@@ -17,7 +17,6 @@ export class FakeMounter implements Mounter {
   listing = "";
 
   bindMount(source: string, target: MountTarget): Promise<void> {
-    target.pin();
     this.calls.push({ action: "bind", source, target: target.path });
     if (this.failBind) return Promise.reject(new MountError(this.failBind));
     return Promise.resolve();
@@ -29,7 +28,6 @@ export class FakeMounter implements Mounter {
   }
 
   unmount(target: MountTarget): Promise<void> {
-    target.pin();
     this.calls.push({ action: "unmount", target: target.path });
     if (this.failUnmount) return Promise.reject(new MountError(this.failUnmount));
     return Promise.resolve();

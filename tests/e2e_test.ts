@@ -93,6 +93,7 @@ async function withE2e(fn: (env: E2e) => Promise<void>): Promise<void> {
   const socketDir = `${root}/agent-sockets`;
   const kubeletDir = `${root}/kubelet`;
   const csiSocketPath = `${root}/csi/csi.sock`;
+  const cwdLink = `${root}/cwd`;
   const agentBin = `${root}/bin/spire-agent`;
   let spire: Spire | undefined;
   const drivers: DriverProcess[] = [];
@@ -105,6 +106,7 @@ async function withE2e(fn: (env: E2e) => Promise<void>): Promise<void> {
     }
     for (const dir of [`${root}/views`, `${root}/out`]) await Deno.mkdir(dir, { mode: 0o755 });
     await Deno.chmod(socketDir, 0o755);
+    await Deno.symlink("/proc/self/cwd", cwdLink);
     await Deno.mkdir(`${root}/spire`, { mode: 0o700 });
     await Deno.copyFile(`${SPIRE_BIN}/spire-agent`, agentBin);
     await Deno.chmod(agentBin, 0o755);
@@ -119,7 +121,13 @@ async function withE2e(fn: (env: E2e) => Promise<void>): Promise<void> {
     });
     const startOne = async () => {
       drivers.push(
-        await startDriver({ socketDir, csiSocketPath, kubeletDir, flags: ["-log-level=debug"] }),
+        await startDriver({
+          socketDir,
+          csiSocketPath,
+          kubeletDir,
+          cwdLink,
+          flags: ["-log-level=debug"],
+        }),
       );
     };
     await startOne();

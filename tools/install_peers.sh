@@ -1,11 +1,17 @@
 #!/bin/sh
-# Builds the pinned peer programs the tests run against into .tools/bin (ignored by git).
+# Builds the pinned peer programs the tests run against, and the race test's swapper, into
+# .tools/bin (ignored by git).
 # A binary that is already there is reused, so only the first run pays for the build.
 set -eu
 cd "$(dirname "$0")/.."
 BIN="$PWD/.tools/bin"
 mkdir -p "$BIN"
 export GOBIN="$BIN" GOFLAGS=-buildvcs=false
+
+# The race test's swapper (our own, tests/fixtures/swapper.c): renameat2 has no Deno binding.
+if [ ! -x "$BIN/swapper" ] || [ tests/fixtures/swapper.c -nt "$BIN/swapper" ]; then
+  cc -O2 -Wall -Werror -o "$BIN/swapper" tests/fixtures/swapper.c
+fi
 
 # csi-sanity: v5.6.0 carries the fixes for node-only drivers (csi-test PRs #597/#598).
 if [ ! -x "$BIN/csi-sanity" ]; then

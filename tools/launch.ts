@@ -33,6 +33,7 @@ if (invocation.command === "help" || invocation.command === "version") {
     ) {
       await Deno.mkdir(dir, { recursive: true });
     }
+    await ensureCwdLink(config.cwdLink);
   }
   const extra = invocation.command === "diagnose" ? ["diagnose"] : [];
   if (invocation.command === "diagnose" && invocation.registrationDir) {
@@ -47,3 +48,11 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
 }
 const status = await child.status;
 Deno.exit(status.code);
+
+/** Creates the driver's -cwd-link (a symlink to /proc/self/cwd) unless it is already there. */
+async function ensureCwdLink(path: string): Promise<void> {
+  const target = await Deno.readLink(path).catch(() => undefined);
+  if (target === "/proc/self/cwd") return;
+  await Deno.mkdir(dirname(path), { recursive: true });
+  await Deno.symlink("/proc/self/cwd", path);
+}

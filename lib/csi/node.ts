@@ -10,10 +10,9 @@ import type {
   NodeUnpublishVolumeRequest,
 } from "./types.ts";
 import type { Mounter } from "../mount.ts";
-import { KeyedLock } from "../keyed_lock.ts";
 import { assertNoSymlinks, parseTargetPath, quote, type TargetPath } from "../target_path.ts";
-import { sameFile, unmountAndRemove } from "../fs_util.ts";
-import { lstatOrNull, PinnedTarget } from "../pinned_target.ts";
+import { pinnedIs, PinnedTarget } from "../pinned_target.ts";
+import { type DirPin, type Pin, PinMovedError } from "../dir_pin.ts";
 import { inspectSocketDir } from "../socket_dir.ts";
 
 /** The volume context key kubelet sets for inline (ephemeral) volumes. */
@@ -29,6 +28,8 @@ export interface NodeOptions {
   /** Kubelet's root directory; targets must lie under `<kubeletDir>/pods`. */
   kubeletDir: string;
   mounter: Mounter;
+  /** The pinned-directory reference every step on a target goes through. */
+  pins: DirPin;
   /** Most layers one unpublish removes before it gives up (kubelet retries). Default 10,000. */
   maxLayers?: number;
   /** Workload API socket names that volume health checks may connect to. */
@@ -47,18 +48,6 @@ export interface NodeService {
   NodeStageVolume(request: unknown): Promise<Empty>;
   NodeUnstageVolume(request: unknown): Promise<Empty>;
   NodeExpandVolume(request: unknown): Promise<Empty>;
-}
-
-/** Creates the target directory 0750 (relative to the pinned parent); false when it already exists. */
-function makeTargetDir(name: string): boolean {
-  try {
-    Deno.mkdirSync(name, { mode: 0o750 });
-  } catch (error) {
-    if (error instanceof Deno.errors.AlreadyExists) return false;
-    throw error;
-  }
-  Deno.chmodSync(name, 0o750);
-  return true;
 }
 
 /** Checks a publish request in upstream's order, with upstream's messages (pure). */
@@ -91,83 +80,159 @@ export function validatePublish(request: NodePublishVolumeRequest): void {
 
 /** Creates the Node service. */
 export function createNodeService(options: NodeOptions): NodeService {
-  const { socketDir, kubeletDir, mounter } = options;
+  const { socketDir, kubeletDir, mounter, pins } = options;
   const maxLayers = options.maxLayers ?? 10_000;
-  const locks = new KeyedLock();
   const unsupported = (name: string) => () =>
     Promise.reject(new CsiError(Code.UNIMPLEMENTED, `${name} is not supported by this driver`));
 
-  async function publish(target: TargetPath, path: string): Promise<Empty> {
-    await assertNoSymlinks(target);
-    const pinned = new PinnedTarget(path);
-    let created: boolean;
-    try {
-      created = pinned.run(makeTargetDir);
-    } catch (error) {
-      if (error instanceof CsiError) throw error;
-      throw new CsiError(
-        Code.INTERNAL,
-        `unable to create target path ${quote(path)}: ${errorMessage(error)}`,
-      );
+  // A pin that moved (a symlink, or a rename while in use) is the client's path at fault.
+  function movedToInvalid(error: unknown, path: string): unknown {
+    if (!(error instanceof PinMovedError)) return error;
+    const how = error.actual === undefined
+      ? "changed while in use"
+      : `resolves through a symlink (to ${quote(error.actual)})`;
+    return invalidArgument(`target path ${quote(path)} ${how}`);
+  }
+
+  // With the pin at `target`'s parent or inside it: publish it (the steps README → Security lists).
+  async function publishPinned(pin: Pin, target: PinnedTarget): Promise<Empty> {
+    let created = false;
+    if (!target.exists(pin)) {
+      try {
+        created = target.create(pin);
+      } catch (error) {
+        throw new CsiError(
+          Code.INTERNAL,
+          `unable to create target path ${quote(target.path)}: ${errorMessage(error)}`,
+        );
+      }
     }
-    let attempted = false;
-    let mounted = false;
+    // Where the directory we bound onto is, once a bind was made (it may have been renamed since).
+    let bound: string | undefined;
     try {
+      target.enter(pin);
       if (!created) {
         // Already published (kubelet retries, driver restarts): never stack a second layer, but
         // harden again: a driver killed between the bind and the hardening left it without flags.
-        if (pinned.run((name) => sameFile(name, socketDir))) {
-          await mounter.harden(pinned);
+        if (pinnedIs(pin, socketDir)) {
+          await mounter.harden(target.mountTarget(pin));
           return {};
         }
         // A stale layer (e.g. of a socket dir that was since replaced): clear it, start clean.
-        const cleared = await unmountAndRemove(pinned, (t) => mounter.unmount(t), maxLayers);
-        if (cleared.removed) created = pinned.run(makeTargetDir);
+        const cleared = await target.clear(pin, (t) => mounter.unmount(t), maxLayers);
+        created = cleared.removed && !target.exists(pin) && target.create(pin);
+        target.enter(pin);
       }
-      attempted = true;
-      await mounter.bindMount(socketDir, pinned);
-      mounted = true;
-      if (!pinned.run((name) => sameFile(name, socketDir))) {
-        throw new Error("the new mount is not at the target path");
-      }
+      bound = target.path;
+      await mounter.bindMount(socketDir, target.mountTarget(pin));
+      bound = pin.locate() ?? target.path;
+      if (bound !== target.path) throw new PinMovedError(target.path, bound);
+      target.enter(pin);
+      if (!pinnedIs(pin, socketDir)) throw new Error("the new mount is not at the target path");
+      await mounter.harden(target.mountTarget(pin));
       return {};
     } catch (error) {
-      // A failed bindMount may still have left its bind (e.g. the hardening step failed).
-      const isBind = () => {
-        try {
-          return pinned.run((name) => sameFile(name, socketDir));
-        } catch {
-          return false;
-        }
-      };
-      if (mounted || (attempted && isBind())) await mounter.unmount(pinned).catch(() => {});
-      if (created) {
-        try {
-          pinned.run((name) => Deno.removeSync(name));
-        } catch { /* leave it: kubelet removes the directory after a final error */ }
-      }
-      if (error instanceof CsiError) throw error;
+      // Undo through the pin only: our bind, where the directory under it is now, then the
+      // directory we created. A failed bindMount may still have left its bind.
+      if (bound !== undefined) await undoBind(pin, target, bound);
+      try {
+        if (created && target.exists(pin)) target.remove(pin);
+      } catch { /* leave it: kubelet removes the directory after a final error */ }
+      if (error instanceof CsiError || error instanceof PinMovedError) throw error;
       throw new CsiError(
         Code.INTERNAL,
-        `unable to mount ${quote(path)}: ${errorMessage(error)}`,
+        `unable to mount ${quote(target.path)}: ${errorMessage(error)}`,
         { cause: error },
       );
     }
   }
 
-  async function unpublish(target: TargetPath, path: string): Promise<Empty> {
-    await assertNoSymlinks(target);
-    const pinned = new PinnedTarget(path);
+  // Unmounts the socket dir binds on `at` (pinning it); false when it holds none.
+  async function unmountOurs(pin: Pin, at: PinnedTarget): Promise<boolean> {
+    let layers = 0;
+    for (; layers < maxLayers; layers++) {
+      at.enter(pin);
+      if (!pinnedIs(pin, socketDir)) break;
+      await mounter.unmount(at.mountTarget(pin));
+    }
+    return layers > 0;
+  }
+
+  // Binds of the socket dir on other directories beside the target: kubelet keeps only the target
+  // there, so they are strays (a rename that raced the mount syscall can move a directory the
+  // kernel is mounting on).
+  async function unmountStrays(pin: Pin, target: PinnedTarget): Promise<void> {
+    for (const name of target.strays(pin)) {
+      await unmountOurs(pin, new PinnedTarget(`${target.parent}/${name}`));
+    }
+  }
+
+  /**
+   * Unmounts the bind a failed publish made, where the directory under it was found after the
+   * bind, at the target, and beside it. A few tries: the racer may still be renaming.
+   */
+  async function undoBind(pin: Pin, target: PinnedTarget, bound: string): Promise<void> {
+    const steps = [
+      () =>
+        bound === target.path ? Promise.resolve(false) : unmountOurs(pin, new PinnedTarget(bound)),
+      () => unmountOurs(pin, target),
+      () => unmountStrays(pin, target),
+    ];
+    for (const step of steps) {
+      for (let attempt = 0; attempt < 3; attempt++) {
+        try {
+          await step();
+          break;
+        } catch { /* moved again: try again; README → Security says what may stay */ }
+      }
+    }
+  }
+
+  // A directory missing on the way to the target: a symlink that leads nowhere is the client's
+  // path at fault (InvalidArgument), anything else is as it was. Checked only after a failure.
+  async function missing(error: unknown, parsed: TargetPath): Promise<boolean> {
+    if (!(error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotADirectory)) {
+      return false;
+    }
+    await assertNoSymlinks(parsed);
+    return true;
+  }
+
+  async function publish(parsed: TargetPath, path: string): Promise<Empty> {
+    const target = new PinnedTarget(path);
     try {
-      const result = await unmountAndRemove(pinned, (t) => mounter.unmount(t), maxLayers);
+      return await pins.hold((pin) => publishPinned(pin, target));
+    } catch (error) {
+      if (await missing(error, parsed)) {
+        throw new CsiError(
+          Code.INTERNAL,
+          `unable to create target path ${quote(path)}: ${errorMessage(error)}`,
+        );
+      }
+      throw movedToInvalid(error, path);
+    }
+  }
+
+  async function unpublish(parsed: TargetPath, path: string): Promise<Empty> {
+    const target = new PinnedTarget(path);
+    try {
+      const result = await pins.hold(async (pin) => {
+        try {
+          return await target.clear(pin, (t) => mounter.unmount(t), maxLayers);
+        } finally {
+          // Best effort: a stray is this driver's leftover, not the client's problem.
+          await unmountStrays(pin, target).catch(() => {});
+        }
+      });
       if (!result.removed) {
         throw new Error("the target path is not a mount point and is not empty");
       }
       return {};
     } catch (error) {
       if (error instanceof CsiError) throw error;
+      if (error instanceof PinMovedError) throw movedToInvalid(error, path);
       // The parent is gone too (node reboot, kubelet cleaned up): nothing is mounted there.
-      if (error instanceof Deno.errors.NotFound) return {};
+      if (await missing(error, parsed)) return {};
       throw new CsiError(
         Code.INTERNAL,
         `unable to unmount ${quote(path)}: ${errorMessage(error)}`,
@@ -176,14 +241,20 @@ export function createNodeService(options: NodeOptions): NodeService {
     }
   }
 
-  async function volumeStats(target: PinnedTarget): Promise<NodeGetVolumeStatsResponse> {
+  async function volumeStats(
+    parsed: TargetPath,
+    target: PinnedTarget,
+  ): Promise<NodeGetVolumeStatsResponse> {
     let found: { isBind: boolean } | null;
     try {
-      found = target.run((name) =>
-        lstatOrNull(name) === null ? null : { isBind: sameFile(name, socketDir) }
-      );
+      found = await pins.hold((pin) => {
+        if (!target.exists(pin)) return null;
+        target.enter(pin);
+        return { isBind: pinnedIs(pin, socketDir) };
+      });
     } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      if (error instanceof PinMovedError) throw movedToInvalid(error, target.path);
+      if (!(await missing(error, parsed))) throw error;
       found = null;
     }
     if (found === null) {
@@ -200,12 +271,11 @@ export function createNodeService(options: NodeOptions): NodeService {
       }`;
       return { usage: usage(0), volume_condition: { abnormal: true, message } };
     }
-    // List through the target (what the pod sees); connect through the socket dir, which the
-    // identity check above proved is the same directory (Deno allows unix sockets by exact path).
-    const health = await inspectSocketDir(target.path, {
+    // The pin proved the target is the socket dir itself: inspect it there (Deno allows unix
+    // sockets by exact path, and the target's path could be swapped meanwhile).
+    const health = await inspectSocketDir(socketDir, {
       timeoutMs: options.socketTimeoutMs ?? 1000,
       names: options.socketNames,
-      connectDir: socketDir,
     });
     return {
       usage: usage(health.entries),
@@ -218,7 +288,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       validatePublish(request);
       const path = request.target_path as string;
       const target = parseTargetPath(path, kubeletDir, request.volume_context?.[POD_UID_KEY]);
-      return await locks.run(path, () => publish(target, path));
+      return await publish(target, path);
     },
 
     async NodeUnpublishVolume(request) {
@@ -226,7 +296,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       if (!request.target_path) throw invalidArgument("request missing required target path");
       const path = request.target_path;
       const target = parseTargetPath(path, kubeletDir);
-      return await locks.run(path, () => unpublish(target, path));
+      return await unpublish(target, path);
     },
 
     async NodeGetVolumeStats(request) {
@@ -242,8 +312,7 @@ export function createNodeService(options: NodeOptions): NodeService {
           `volume path ${quote(path)} is not a volume of this driver`,
         );
       }
-      await assertNoSymlinks(target);
-      return await volumeStats(new PinnedTarget(path));
+      return await volumeStats(target, new PinnedTarget(path));
     },
 
     NodeGetInfo() {

@@ -3,6 +3,7 @@ import { Code, CsiError } from "./errors.ts";
 import { createNodeService, validatePublish } from "./node.ts";
 import type { NodePublishVolumeRequest } from "./types.ts";
 import { FakeMounter } from "../../tests/_fake_mounter.ts";
+import { DirPin } from "../dir_pin.ts";
 import { makeTempTree } from "../../tests/_env.ts";
 import { publishRequest } from "../../tests/_csi_client.ts";
 
@@ -107,6 +108,7 @@ async function service() {
     kubeletDir: tree.kubeletDir,
     socketNames: ["api.sock"],
     mounter,
+    pins: new DirPin({ link: tree.cwdLink }),
   });
   return { tree, mounter, node };
 }
@@ -165,7 +167,7 @@ Deno.test("NodePublishVolume refuses a symlinked component and creates nothing t
       node.NodePublishVolume(request((r) => {
         r.target_path = `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/mount`;
       })),
-      /component .*kubernetes.io~csi" is a symlink/,
+      /target path ".*\/mount" resolves through a symlink \(to ".*\/outside\/v"\)/,
     );
     assert.deepEqual([...Deno.readDirSync(`${outside}/v`)], []);
     assert.deepEqual(mounter.calls, []);
@@ -217,8 +219,8 @@ Deno.test("NodePublishVolume fails with Internal when the target's parent is mis
   }
 });
 
-Deno.test("NodePublishVolume undoes a mount that did not land on the socket dir", async () => {
-  // The fake mounter mounts nothing, so the post-mount identity check must catch it and undo.
+Deno.test("NodePublishVolume fails a mount that did not land, unmounts nothing it did not make, and removes its directory", async () => {
+  // The fake mounter mounts nothing, so the post-mount identity check must catch it.
   const { tree, mounter, node } = await service();
   try {
     const target = await tree.target("uid-1");
@@ -226,7 +228,7 @@ Deno.test("NodePublishVolume undoes a mount that did not land on the socket dir"
       node.NodePublishVolume(request((r) => (r.target_path = target))),
       /the new mount is not at the target path/,
     );
-    assert.deepEqual(mounter.calls.map((c) => c.action), ["bind", "unmount"]);
+    assert.deepEqual(mounter.calls.map((c) => c.action), ["bind"]);
     await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
   } finally {
     await tree.remove();
