@@ -1,6 +1,7 @@
 /** The CSI service definitions, loaded from the embedded JSON form of proto/csi.proto (no file reads). */
 import { fromJSON } from "@grpc/proto-loader";
 import { loadPackageDefinition, type ServiceClientConstructor } from "@grpc/grpc-js";
+import protobuf from "protobufjs";
 import csiJson from "./csi_proto.json" with { type: "json" };
 
 /** Decoding options shared by the server and the test clients. */
@@ -25,4 +26,91 @@ export function loadCsi(): CsiPackage {
   // deno-lint-ignore no-explicit-any
   const pkg = loadPackageDefinition(definition) as any;
   return pkg.csi.v1 as CsiPackage;
+}
+
+const fatalUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Protobuf types by full method path (`/csi.v1.Node/NodePublishVolume` -> its request type). */
+export function requestTypes(): Map<string, protobuf.Type> {
+  // deno-lint-ignore no-explicit-any
+  const root = protobuf.Root.fromJSON(csiJson as any).resolveAll();
+  const types = new Map<string, protobuf.Type>();
+  for (const name of ["Identity", "Node"]) {
+    const service = root.lookupService(`csi.v1.${name}`);
+    for (const method of service.methodsArray) {
+      if (method.resolvedRequestType) {
+        types.set(`/csi.v1.${name}/${method.name}`, method.resolvedRequestType);
+      }
+    }
+  }
+  return types;
+}
+
+/**
+ * The name of the first string field of `type` in `bytes` (nested messages and maps included)
+ * that is not valid UTF-8, or undefined. protobufjs decodes such bytes to U+FFFD and carries on;
+ * proto3 says a string field holds valid UTF-8, and grpc-go refuses it at decode. Malformed wire
+ * data answers undefined: the decoder itself reports that.
+ */
+export function invalidUtf8Field(type: protobuf.Type, bytes: Uint8Array): string | undefined {
+  try {
+    return scan(type, bytes);
+  } catch {
+    return undefined;
+  }
+}
+
+function scan(type: protobuf.Type, bytes: Uint8Array): string | undefined {
+  const reader = protobuf.Reader.create(bytes);
+  while (reader.pos < reader.len) {
+    const tag = reader.uint32();
+    const field = type.fieldsById[tag >>> 3];
+    if (field === undefined || (tag & 7) !== 2) {
+      reader.skipType(tag & 7);
+      continue;
+    }
+    const chunk = reader.bytes();
+    const bad = field instanceof protobuf.MapField
+      ? scanMapEntry(field, chunk)
+      : scanValue(field.type, field.resolvedType, chunk);
+    if (bad !== undefined) return bad === "" ? field.name : `${field.name}.${bad}`;
+  }
+  return undefined;
+}
+
+// "" when the value itself is bad, a nested field's name, or undefined when it is fine.
+function scanValue(
+  kind: string,
+  resolved: protobuf.ReflectionObject | null,
+  chunk: Uint8Array,
+): string | undefined {
+  if (kind === "string") return isUtf8(chunk) ? undefined : "";
+  if (resolved instanceof protobuf.Type) return scan(resolved, chunk);
+  return undefined;
+}
+
+function scanMapEntry(field: protobuf.MapField, entry: Uint8Array): string | undefined {
+  const reader = protobuf.Reader.create(entry);
+  while (reader.pos < reader.len) {
+    const tag = reader.uint32();
+    if ((tag & 7) !== 2 || (tag >>> 3 !== 1 && tag >>> 3 !== 2)) {
+      reader.skipType(tag & 7);
+      continue;
+    }
+    const chunk = reader.bytes();
+    const bad = tag >>> 3 === 1
+      ? scanValue(field.keyType, null, chunk)
+      : scanValue(field.type, field.resolvedType, chunk);
+    if (bad !== undefined) return bad === "" ? (tag >>> 3 === 1 ? "key" : "value") : bad;
+  }
+  return undefined;
+}
+
+function isUtf8(bytes: Uint8Array): boolean {
+  try {
+    fatalUtf8.decode(bytes);
+    return true;
+  } catch {
+    return false;
+  }
 }

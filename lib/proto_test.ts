@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import protobuf from "protobufjs";
 import embedded from "./csi_proto.json" with { type: "json" };
 import { PROTO_FILE, protoToJson } from "./proto_json.ts";
-import { loadCsi } from "./proto.ts";
+import { invalidUtf8Field, loadCsi, requestTypes } from "./proto.ts";
 
 Deno.test("lib/csi_proto.json is up to date with proto/csi.proto (run deno task gen-proto)", async () => {
   assert.deepEqual(embedded, protoToJson(await Deno.readTextFile(PROTO_FILE)));
@@ -71,4 +71,33 @@ Deno.test("a publish request round-trips with the spec's field numbers, maps inc
     secrets: { a: "b" },
     volumeContext: { "csi.storage.k8s.io/ephemeral": "true" },
   });
+});
+
+Deno.test("invalidUtf8Field() names the string field that is not UTF-8, in maps and nested messages too", () => {
+  const types = requestTypes();
+  const publish = types.get("/csi.v1.Node/NodePublishVolume")!;
+  const raw = (fields: [number, Uint8Array][]) => {
+    const writer = protobuf.Writer.create();
+    for (const [id, value] of fields) writer.uint32((id << 3) | 2).bytes(value);
+    return writer.finish();
+  };
+  const bad = Uint8Array.from([0x76, 0x6f, 0x6c, 0xff, 0xfe]); // "vol\xff\xfe"
+  const good = new TextEncoder().encode("vol\ufffd");
+  const entry = (key: Uint8Array, value: Uint8Array) => raw([[1, key], [2, value]]);
+  // Field numbers from proto/csi.proto: volume_id 1, target_path 4, volume_context 8 (map).
+  assert.equal(invalidUtf8Field(publish, raw([[1, good], [4, good]])), undefined);
+  assert.equal(invalidUtf8Field(publish, raw([[1, good], [4, bad]])), "target_path");
+  assert.equal(invalidUtf8Field(publish, raw([[1, bad]])), "volume_id");
+  assert.equal(invalidUtf8Field(publish, raw([[8, entry(good, bad)]])), "volume_context.value");
+  assert.equal(invalidUtf8Field(publish, raw([[8, entry(bad, good)]])), "volume_context.key");
+  // volume_capability (5) -> mount (2) -> mount_flags (2, repeated string)
+  const mount = raw([[2, good], [2, bad]]);
+  assert.equal(
+    invalidUtf8Field(publish, raw([[5, raw([[2, mount]])]])),
+    "volume_capability.mount.mount_flags",
+  );
+  const stats = types.get("/csi.v1.Node/NodeGetVolumeStats")!;
+  assert.equal(invalidUtf8Field(stats, raw([[2, bad]])), "volume_path");
+  // Truncated wire data is the decoder's to report.
+  assert.equal(invalidUtf8Field(publish, Uint8Array.from([0x22, 0x05, 0x41])), undefined);
 });

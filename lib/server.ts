@@ -1,6 +1,8 @@
 /** The gRPC server on the CSI Unix socket: wraps every handler once, maps errors once, logs every RPC. */
 import * as grpc from "@grpc/grpc-js";
-import { loadCsi } from "./proto.ts";
+import type { Buffer } from "node:buffer";
+import type protobuf from "protobufjs";
+import { invalidUtf8Field, loadCsi, requestTypes } from "./proto.ts";
 import { CsiError, errorMessage, toRpcStatus } from "./csi/errors.ts";
 import { KEYS, type Logger } from "./log.ts";
 import type { IdentityService } from "./csi/identity.ts";
@@ -33,6 +35,14 @@ export function requestLogFields(request: unknown): Record<string, string> {
   return fields;
 }
 
+/** A request refused while decoding: it never reaches a handler. */
+class UndecodableRequest {
+  readonly message: string;
+  constructor(message: string) {
+    this.message = message;
+  }
+}
+
 function wrap(
   method: string,
   handler: Handler,
@@ -42,6 +52,9 @@ function wrap(
     const started = performance.now();
     const fields = requestLogFields(call.request);
     try {
+      if (call.request instanceof UndecodableRequest) {
+        throw new CsiError(grpc.status.INVALID_ARGUMENT, call.request.message);
+      }
       const response = await handler(call.request);
       log.info("RPC succeeded", {
         [KEYS.method]: method,
@@ -73,6 +86,32 @@ function elapsed(started: number): number {
   return Math.round((performance.now() - started) * 1000) / 1000;
 }
 
+let types: Map<string, protobuf.Type> | undefined;
+
+/**
+ * The service definition with a decoder that refuses a string field that is not valid UTF-8
+ * (protobufjs would hand the handler U+FFFD in its place, a path the client never named).
+ */
+function strictUtf8(definition: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const strict: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, method] of Object.entries(definition)) {
+    const decode = method.requestDeserialize;
+    strict[name] = {
+      ...method,
+      requestDeserialize(bytes: Buffer) {
+        types ??= requestTypes();
+        const type = types.get(method.path);
+        const field = type === undefined ? undefined : invalidUtf8Field(type, bytes);
+        if (field !== undefined) {
+          return new UndecodableRequest(`request field ${field} is not valid UTF-8`);
+        }
+        return decode(bytes);
+      },
+    };
+  }
+  return strict;
+}
+
 function implementation(
   definition: grpc.ServiceDefinition,
   service: object,
@@ -90,11 +129,14 @@ function implementation(
 export function createServer(options: ServerOptions): grpc.Server {
   const csi = loadCsi();
   const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
-  server.addService(
-    csi.Identity.service,
-    implementation(csi.Identity.service, options.identity, options.log),
-  );
-  server.addService(csi.Node.service, implementation(csi.Node.service, options.node, options.log));
+  for (
+    const [definition, service] of [
+      [csi.Identity.service, options.identity],
+      [csi.Node.service, options.node],
+    ] as const
+  ) {
+    server.addService(strictUtf8(definition), implementation(definition, service, options.log));
+  }
   return server;
 }
 

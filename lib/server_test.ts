@@ -1,11 +1,19 @@
 import assert from "node:assert/strict";
-import { status } from "@grpc/grpc-js";
+import { Client, credentials, status } from "@grpc/grpc-js";
+import { Buffer } from "node:buffer";
+import protobuf from "protobufjs";
 import { createServer, listen, shutdown } from "./server.ts";
 import { setupLogging } from "./log.ts";
 import { Code, CsiError } from "./csi/errors.ts";
 import { createIdentityService } from "./csi/identity.ts";
 import type { NodeService } from "./csi/node.ts";
 import { CsiClient } from "../tests/_csi_client.ts";
+
+const IDENTITY = createIdentityService({
+  pluginName: "csi.spiffe.io",
+  version: "1.2.3",
+  ready: () => Promise.resolve(true),
+});
 
 Deno.test({
   name:
@@ -21,12 +29,7 @@ Deno.test({
       NodeGetInfo: fail(new TypeError("secret detail at /internal/path")),
       NodeGetCapabilities: fail(new CsiError(Code.NOT_FOUND, "volume path does not exist")),
     } as unknown as NodeService;
-    const identity = createIdentityService({
-      pluginName: "csi.spiffe.io",
-      version: "1.2.3",
-      ready: () => Promise.resolve(true),
-    });
-    const server = createServer({ log, identity, node });
+    const server = createServer({ log, identity: IDENTITY, node });
     await listen(server, `${dir}/csi.sock`);
     const client = new CsiClient(`${dir}/csi.sock`);
     try {
@@ -49,6 +52,63 @@ Deno.test({
       const notFound = records.find((r) => r.properties.method === "NodeGetCapabilities");
       assert.equal(notFound.level, "WARN");
       assert.equal(notFound.properties.stack, undefined);
+    } finally {
+      client.close();
+      await shutdown(server, `${dir}/csi.sock`, 1000);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "the server refuses a string field that is not UTF-8 with InvalidArgument, before any handler",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const log = await setupLogging({ level: "error", format: "json", write: () => {} });
+    const seen: unknown[] = [];
+    const node = {
+      NodePublishVolume: (request: unknown) => {
+        seen.push(request);
+        return Promise.resolve({});
+      },
+    } as unknown as NodeService;
+    const server = createServer({ log, identity: IDENTITY, node });
+    await listen(server, `${dir}/csi.sock`);
+    const client = new Client(`unix:${dir}/csi.sock`, credentials.createInsecure());
+    const call = (bytes: Uint8Array) =>
+      new Promise<{ code: number; details: string }>((resolve) => {
+        client.makeUnaryRequest(
+          "/csi.v1.Node/NodePublishVolume",
+          (b: Uint8Array) => Buffer.from(b),
+          (b: Buffer) => b,
+          bytes,
+          (error) =>
+            resolve(
+              error ? { code: error.code, details: error.details } : {
+                code: status.OK,
+                details: "",
+              },
+            ),
+        );
+      });
+    const field = (id: number, value: Uint8Array) => {
+      const writer = protobuf.Writer.create();
+      return writer.uint32((id << 3) | 2).bytes(value).finish();
+    };
+    try {
+      // target_path (4) = "vol\xff\xfe": protobufjs alone would decode it to "vol\ufffd\ufffd".
+      const bad = await call(field(4, Uint8Array.from([0x76, 0x6f, 0x6c, 0xff, 0xfe])));
+      assert.deepEqual(bad, {
+        code: status.INVALID_ARGUMENT,
+        details: "request field target_path is not valid UTF-8",
+      });
+      assert.deepEqual(seen, [], "the handler never ran");
+      const good = await call(field(4, new TextEncoder().encode("vol\ufffd")));
+      assert.equal(good.code, status.OK);
+      assert.equal(seen.length, 1, "valid UTF-8 (U+FFFD included) reaches the handler");
     } finally {
       client.close();
       await shutdown(server, `${dir}/csi.sock`, 1000);
