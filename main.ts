@@ -9,6 +9,7 @@ import { inspectSocketDir } from "./lib/socket_dir.ts";
 import { auditStackedMounts } from "./lib/audit.ts";
 import { diagnose } from "./lib/diagnose.ts";
 import { errorMessage } from "./lib/csi/errors.ts";
+import { ungrantedPaths } from "./lib/permissions.ts";
 
 const SHUTDOWN_GRACE_MS = 10_000;
 
@@ -26,6 +27,11 @@ async function main(args: string[]): Promise<number> {
     return 0;
   }
   const { config } = invocation;
+  // A path outside the permission set would fail later with a misleading error: refuse it now,
+  // before anything is created.
+  const ungranted = await ungrantedPaths(config);
+  for (const line of ungranted) writeLine(Deno.stderr, `spiffe-csi-driver: ${line}`);
+  if (ungranted.length > 0) return 2;
   const mounter = new SystemMounter({ mountPath: config.mountPath, umountPath: config.umountPath });
   if (invocation.command === "diagnose") {
     return await diagnose(config, { mounter, registrationDir: invocation.registrationDir });

@@ -25,6 +25,8 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Run as this uid and gid, with no supplementary groups (through setpriv). */
   uid?: number;
+  /** Working directory. */
+  cwd?: string;
 }
 
 /** Runs `command` to completion and never throws for a non-zero exit. */
@@ -46,6 +48,7 @@ export async function run(
   ];
   const output = await new Deno.Command(cmd, {
     args: argv,
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
