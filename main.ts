@@ -6,6 +6,7 @@ import { createIdentityService } from "./lib/csi/identity.ts";
 import { createNodeService } from "./lib/csi/node.ts";
 import { createServer, listen, shutdown } from "./lib/server.ts";
 import { inspectSocketDir } from "./lib/socket_dir.ts";
+import { routeGrpcLogs } from "./lib/grpc_log.ts";
 import { auditStackedMounts } from "./lib/audit.ts";
 import { diagnose } from "./lib/diagnose.ts";
 import { errorMessage } from "./lib/csi/errors.ts";
@@ -38,6 +39,7 @@ async function main(args: string[]): Promise<number> {
   }
 
   const log = await setupLogging({ level: config.logLevel, format: config.logFormat });
+  routeGrpcLogs(log);
   log.info("Starting spiffe-csi-driver {version}", {
     version: VERSION,
     node_id: config.nodeId,

@@ -28,6 +28,8 @@ export interface DriverProcess {
   logs(): string;
   /** Sends `signal` (default SIGTERM) and waits for the exit. */
   stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
+  /** Waits for the driver to exit on its own; after `timeoutMs` it is killed (SIGKILL). */
+  exit(timeoutMs: number): Promise<Deno.CommandStatus>;
 }
 
 /** The driver's Config for these options (parsed by the driver's own flag parser). */
@@ -106,6 +108,14 @@ export async function spawnDriver(options: SpawnOptions): Promise<DriverProcess>
         } catch { /* already gone */ }
       }
       return await status;
+    },
+    async exit(timeoutMs: number) {
+      const timer = setTimeout(() => driver.stop("SIGKILL"), timeoutMs);
+      try {
+        return await status;
+      } finally {
+        clearTimeout(timer);
+      }
     },
   };
   if (options.waitReady) {

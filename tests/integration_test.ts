@@ -50,6 +50,23 @@ function withDriver(fn: (s: Setup) => Promise<void>, flags: string[] = []): () =
   };
 }
 
+interface LogRecord {
+  level: string;
+  message: string;
+  properties: Record<string, unknown>;
+}
+
+/** The driver's JSON log lines; a line that is not JSON (someone else's output) fails the test. */
+function logRecords(logs: string): LogRecord[] {
+  return logs.split("\n").filter((line) => line !== "").map((line) => {
+    try {
+      return JSON.parse(line) as LogRecord;
+    } catch {
+      throw new Error(`not a log line of the driver: ${line}`);
+    }
+  });
+}
+
 const test = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, ignore: !REAL_MOUNTS, sanitizeResources: false, sanitizeOps: false, fn });
 
@@ -218,6 +235,25 @@ test(
     await Deno.mkdir(tree.socketDir);
     assert.equal((await client.ok<Probe>("Probe")).ready.value, true);
   }),
+);
+
+test(
+  "a CSI socket that cannot be served is one log line and exit 1",
+  async () => {
+    const tree = await makeTempTree();
+    try {
+      const csiSocketPath = `${tree.root}/missing/csi.sock`;
+      const driver = await startDriver({ ...tree, csiSocketPath, waitReady: false });
+      const exit = await driver.exit(20_000);
+      assert.equal(exit.code, 1, driver.logs());
+      const errors = logRecords(driver.logs()).filter((r) => r.level !== "INFO");
+      assert.equal(errors.length, 1, driver.logs());
+      assert.match(errors[0]?.message ?? "", /^Cannot serve CSI on /);
+      assert.match(String(errors[0]?.properties.error), /ENOENT|No such file/);
+    } finally {
+      await tree.remove();
+    }
+  },
 );
 
 test(
