@@ -5,7 +5,7 @@ import { SystemMounter } from "./lib/mount.ts";
 import { createIdentityService } from "./lib/csi/identity.ts";
 import { createNodeService } from "./lib/csi/node.ts";
 import { createServer, listen, shutdown } from "./lib/server.ts";
-import { inspectSocketDir } from "./lib/socket_dir.ts";
+import { acceptsConnection, inspectSocketDir } from "./lib/socket_dir.ts";
 import { routeGrpcLogs } from "./lib/grpc_log.ts";
 import { auditStackedMounts } from "./lib/audit.ts";
 import { diagnose } from "./lib/diagnose.ts";
@@ -13,6 +13,8 @@ import { errorMessage } from "./lib/csi/errors.ts";
 import { ungrantedPaths } from "./lib/permissions.ts";
 
 const SHUTDOWN_GRACE_MS = 10_000;
+/** How long a server already on the CSI socket has to accept a connection. */
+const IN_USE_TIMEOUT_MS = 1_000;
 
 async function main(args: string[]): Promise<number> {
   let invocation;
@@ -64,6 +66,13 @@ async function main(args: string[]): Promise<number> {
       mounter,
     }),
   });
+  // listen() replaces a stale socket; one that a server answers on belongs to a running driver.
+  if (await acceptsConnection(config.csiSocketPath, IN_USE_TIMEOUT_MS)) {
+    log.error("Another server already serves on {csi_socket_path}: not replacing it", {
+      csi_socket_path: config.csiSocketPath,
+    });
+    return 1;
+  }
   try {
     await listen(server, config.csiSocketPath);
   } catch (error) {

@@ -62,7 +62,7 @@ export async function inspectSocketDir(
     };
   }
   for (const name of allowed) {
-    if (await accepts(`${options.connectDir ?? dir}/${name}`, options.timeoutMs)) {
+    if (await acceptsConnection(`${options.connectDir ?? dir}/${name}`, options.timeoutMs)) {
       return { healthy: true, message: "a Workload API socket accepts connections", entries };
     }
   }
@@ -73,7 +73,8 @@ export async function inspectSocketDir(
   };
 }
 
-async function accepts(path: string, timeoutMs: number): Promise<boolean> {
+/** Whether a server accepts a connection on the Unix socket at `path` within `timeoutMs`. */
+export async function acceptsConnection(path: string, timeoutMs: number): Promise<boolean> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<null>((resolve) => {
     timer = setTimeout(() => resolve(null), timeoutMs);

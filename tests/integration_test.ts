@@ -257,6 +257,21 @@ test(
 );
 
 test(
+  "a second driver on the same CSI socket refuses to start and leaves the first serving",
+  withDriver(async ({ tree, client }) => {
+    const before = await Deno.lstat(tree.csiSocketPath);
+    const second = await startDriver({ ...tree, waitReady: false });
+    const exit = await second.exit(20_000);
+    assert.equal(exit.code, 1, second.logs());
+    const errors = logRecords(second.logs()).filter((r) => r.level !== "INFO");
+    assert.equal(errors.length, 1, second.logs());
+    assert.match(errors[0]?.message ?? "", /already serves on/);
+    assert.equal((await Deno.lstat(tree.csiSocketPath)).ino, before.ino, "the socket was replaced");
+    assert.ok((await client.ok<{ ready: { value: boolean } }>("Probe")).ready.value);
+  }),
+);
+
+test(
   "200 concurrent publishes of 200 targets, duplicates mixed in, leave exactly one layer each",
   withDriver(async ({ tree, client }) => {
     const targets: string[] = [];
