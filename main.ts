@@ -5,7 +5,8 @@ import { SystemMounter } from "./lib/mount.ts";
 import { createIdentityService } from "./lib/csi/identity.ts";
 import { createNodeService } from "./lib/csi/node.ts";
 import { createServer, listen, shutdown } from "./lib/server.ts";
-import { acceptsConnection, inspectSocketDir } from "./lib/socket_dir.ts";
+import { acceptsConnection } from "./lib/socket_dir.ts";
+import { socketDirReadiness } from "./lib/readiness.ts";
 import { routeGrpcLogs } from "./lib/grpc_log.ts";
 import { auditStackedMounts } from "./lib/audit.ts";
 import { diagnose } from "./lib/diagnose.ts";
@@ -55,8 +56,7 @@ async function main(args: string[]): Promise<number> {
     identity: createIdentityService({
       pluginName: config.pluginName,
       version: VERSION,
-      ready: async () =>
-        (await inspectSocketDir(config.socketDir, { timeoutMs: 0, listOnly: true })).healthy,
+      ready: socketDirReadiness(config.socketDir, log),
     }),
     node: createNodeService({
       nodeId: config.nodeId,

@@ -20,6 +20,8 @@ export interface InspectOptions {
   names?: string[];
   /** Connect through this directory instead of `dir` (the same directory, seen through its bind). */
   connectDir?: string;
+  /** What `dir` is, in messages (default "the volume"). */
+  subject?: string;
 }
 
 /** Lists `dir` and, unless listOnly, connects to each Unix socket in it until one accepts. */
@@ -39,7 +41,7 @@ export async function inspectSocketDir(
   } catch (error) {
     return {
       healthy: false,
-      message: `unable to list the volume: ${errorMessage(error)}`,
+      message: `unable to list ${options.subject ?? "the volume"}: ${errorMessage(error)}`,
       entries,
     };
   }

@@ -226,14 +226,32 @@ test(
 );
 
 test(
-  "Probe is ready only while the socket dir can be listed",
-  withDriver(async ({ tree, client }) => {
+  "Probe is ready only while the socket dir can be listed, and logs why once per change",
+  withDriver(async ({ tree, driver, client }) => {
     type Probe = { ready: { value: boolean } };
-    assert.equal((await client.ok<Probe>("Probe")).ready.value, true);
-    await Deno.remove(tree.socketDir);
-    assert.equal((await client.ok<Probe>("Probe")).ready.value, false);
-    await Deno.mkdir(tree.socketDir);
-    assert.equal((await client.ok<Probe>("Probe")).ready.value, true);
+    const probe = async () => (await client.ok<Probe>("Probe")).ready.value;
+    assert.equal(await probe(), true);
+    for (let round = 0; round < 2; round++) {
+      await Deno.remove(tree.socketDir);
+      for (let i = 0; i < 3; i++) assert.equal(await probe(), false);
+      await Deno.mkdir(tree.socketDir);
+      for (let i = 0; i < 3; i++) assert.equal(await probe(), true);
+    }
+    await driver.stop("SIGTERM");
+    const records = logRecords(driver.logs()).filter((r) => r.message.startsWith("Probe:"));
+    const expected = [
+      { level: "WARN", ready: false, reason: `unable to list ${tree.socketDir}: No such file` },
+      { level: "INFO", ready: true, reason: "" },
+    ];
+    assert.deepEqual(
+      records.map((r) => ({
+        level: r.level,
+        ready: r.properties.ready,
+        reason: String(r.properties.reason ?? "").replace(/ or directory.*$/, ""),
+      })),
+      [...expected, ...expected],
+      driver.logs(),
+    );
   }),
 );
 
