@@ -208,6 +208,10 @@ Deno.test("Containerfile: the runtime is scratch with the entrypoint, libraries 
   const labels = runtime.instructions.filter((i) => i.keyword === "LABEL").map((i) => i.args)
     .join(" ");
   assert.match(labels, /org\.opencontainers\.image\.source="\$\{SOURCE\}"/);
+  // The source is this project's, never upstream's repository.
+  const source = runtime.instructions.find((i) => i.keyword === "ARG" && /^SOURCE=/.test(i.args));
+  assert.equal(source?.args, "SOURCE=spiffe-csi-driver");
+  assert.doesNotMatch(TEXT, /github\.com\/spiffe\//);
   assert.match(labels, /org\.opencontainers\.image\.version="\$\{VERSION\}"/);
   assert.match(labels, /org\.opencontainers\.image\.licenses="Apache-2\.0"/);
   const version = runtime.instructions.find((i) => i.keyword === "ARG" && /^VERSION=/.test(i.args));
