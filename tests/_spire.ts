@@ -27,6 +27,8 @@ export interface RunOptions {
   uid?: number;
   /** Working directory. */
   cwd?: string;
+  /** Extra environment variables. */
+  env?: Record<string, string>;
 }
 
 /** Runs `command` to completion and never throws for a non-zero exit. */
@@ -49,6 +51,7 @@ export async function run(
   const output = await new Deno.Command(cmd, {
     args: argv,
     ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+    ...(options.env === undefined ? {} : { env: options.env }),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
