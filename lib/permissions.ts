@@ -84,9 +84,9 @@ export interface ContainerLayouts {
   umountPath: string;
 }
 
-/** The container paths deno.json's set is written for, read from the set itself. */
-export function containerLayouts(): ContainerLayouts {
-  const grants = declaredGrants();
+/** The container paths a declared set (deno.json's by default) is written for, read from the set. */
+export function containerLayouts(set: PermissionSet = declaredPermissionSet()): ContainerLayouts {
+  const grants = declaredGrants(set);
   const of = (role: Role) => unique(grants.filter((g) => g.role === role).map((g) => g.value));
   const one = (role: Role) => {
     const [value, ...more] = of(role);
@@ -200,11 +200,17 @@ function descriptor({ kind, value }: Grant): Deno.PermissionDescriptor {
   }
 }
 
-/** The declared set's entries with their roles; throws on an entry whose role is unknown. */
-function declaredGrants(): Grant[] {
-  const set = declaredPermissionSet();
+/** A declared set's entries with their roles; throws on an entry whose role is unknown. */
+function declaredGrants(set: PermissionSet): Grant[] {
   const socketDirs = set.net.filter((e) => /^unix:\/.*\/\*$/.test(e)).map((e) => e.slice(5, -2));
   const csiSockets = set.net.filter((e) => /^unix:\/.*[^*]$/.test(e)).map((e) => e.slice(5));
+  // Each socket dir is listed and connected to, the CSI socket created and served: every path
+  // with a net entry needs read and write too, and read and write name the same paths.
+  for (const path of [...socketDirs, ...csiSockets, ...set.read, ...set.write]) {
+    if (!set.read.includes(path) || !set.write.includes(path)) {
+      throw new RangeError(`deno.json: ${path} must be in both read and write`);
+    }
+  }
   const out: Grant[] = [];
   for (const kind of ["read", "write"] as const) {
     for (const value of set[kind]) {
@@ -247,7 +253,7 @@ function declaredGrants(): Grant[] {
   return out;
 }
 
-/** The declared grants with `paths` applied, as concrete Deno allowlist entries. */
+/** deno.json's grants with `paths` applied, as concrete Deno allowlist entries. */
 function grants(paths: Partial<DriverPaths>): Grant[] {
   for (const value of Object.values(paths).flat()) {
     if (typeof value === "string" && value.includes(",")) {
@@ -255,7 +261,7 @@ function grants(paths: Partial<DriverPaths>): Grant[] {
     }
   }
   const names = paths.socketNames ?? CONTAINER_PATHS.socketNames;
-  const all = declaredGrants().flatMap((grant): Grant[] => {
+  const all = declaredGrants(declaredPermissionSet()).flatMap((grant): Grant[] => {
     const { kind, role } = grant;
     if (role === "fixed") return [grant];
     // `unix:<socket dir>/*` stands for each Workload API socket name: Deno allows unix sockets by
@@ -268,11 +274,8 @@ function grants(paths: Partial<DriverPaths>): Grant[] {
     if (role === "kubeletDir") return [{ kind, role, value: `${value.replace(/\/+$/, "")}/pods` }];
     return [{ kind, role, value: kind === "net" ? `unix:${value}` : value }];
   });
-  // Alternatives of one role collapse onto the one configured path.
-  const seen = new Set<string>();
-  return all.filter(({ kind, value }) =>
-    !seen.has(`${kind} ${value}`) && !!seen.add(`${kind} ${value}`)
-  );
+  // Alternatives of one role collapse onto the one configured path: keep each entry once.
+  return [...new Map(all.map((grant) => [`${grant.kind} ${grant.value}`, grant])).values()];
 }
 
 function unique(list: string[]): string[] {

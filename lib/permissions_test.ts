@@ -69,6 +69,25 @@ Deno.test("the image's set serves our layout, upstream's and every well-known ku
   assert.equal(CONTAINER_PATHS.kubeletDir, "/var/lib/kubelet");
 });
 
+Deno.test("containerLayouts() refuses a declared set whose roles it cannot tell", () => {
+  const set = declaredPermissionSet();
+  const without = (list: string[], value: string) => list.filter((entry) => entry !== value);
+  // A socket dir without its connect entry is no known role.
+  assert.throws(
+    () => containerLayouts({ ...set, net: without(set.net, "unix:/spire-agent-socket/*") }),
+    /no role for read entry \/spire-agent-socket/,
+  );
+  // A socket dir that may be connected to but not listed.
+  assert.throws(
+    () => containerLayouts({ ...set, read: without(set.read, "/spire-agent-socket") }),
+    /\/spire-agent-socket must be in both read and write/,
+  );
+  assert.throws(
+    () => containerLayouts({ ...set, run: [...set.run, "/bin/sh"] }),
+    /neither mount nor umount/,
+  );
+});
+
 Deno.test("ungrantedPaths() names each configured path the running set does not grant, with its flag", async () => {
   const granted = new Set(["/spire-agent-socket", "unix:/spiffe-csi/csi.sock", "/usr/bin/mount"]);
   const asked: Deno.PermissionDescriptor[] = [];
