@@ -5,13 +5,18 @@ import { SystemMounter } from "./lib/mount.ts";
 import { createIdentityService } from "./lib/csi/identity.ts";
 import { createNodeService } from "./lib/csi/node.ts";
 import { createServer, listen, shutdown } from "./lib/server.ts";
-import { inspectSocketDir } from "./lib/socket_dir.ts";
+import { acceptsConnection } from "./lib/socket_dir.ts";
+import { socketDirReadiness } from "./lib/readiness.ts";
+import { routeGrpcLogs } from "./lib/grpc_log.ts";
 import { auditStackedMounts } from "./lib/audit.ts";
 import { diagnose } from "./lib/diagnose.ts";
 import { errorMessage } from "./lib/csi/errors.ts";
 import { DirPin } from "./lib/dir_pin.ts";
+import { ungrantedPaths } from "./lib/permissions.ts";
 
 const SHUTDOWN_GRACE_MS = 10_000;
+/** How long a server already on the CSI socket has to accept a connection. */
+const IN_USE_TIMEOUT_MS = 1_000;
 
 async function main(args: string[]): Promise<number> {
   let invocation;
@@ -27,12 +32,18 @@ async function main(args: string[]): Promise<number> {
     return 0;
   }
   const { config } = invocation;
+  // A path outside the permission set would fail later with a misleading error: refuse it now,
+  // before anything is created.
+  const ungranted = await ungrantedPaths(config);
+  for (const line of ungranted) writeLine(Deno.stderr, `spiffe-csi-driver: ${line}`);
+  if (ungranted.length > 0) return 2;
   const mounter = new SystemMounter({ mountPath: config.mountPath, umountPath: config.umountPath });
   if (invocation.command === "diagnose") {
     return await diagnose(config, { mounter, registrationDir: invocation.registrationDir });
   }
 
   const log = await setupLogging({ level: config.logLevel, format: config.logFormat });
+  routeGrpcLogs(log);
   log.info("Starting spiffe-csi-driver {version}", {
     version: VERSION,
     node_id: config.nodeId,
@@ -55,8 +66,7 @@ async function main(args: string[]): Promise<number> {
     identity: createIdentityService({
       pluginName: config.pluginName,
       version: VERSION,
-      ready: async () =>
-        (await inspectSocketDir(config.socketDir, { timeoutMs: 0, listOnly: true })).healthy,
+      ready: socketDirReadiness(config.socketDir, log),
     }),
     node: createNodeService({
       nodeId: config.nodeId,
@@ -67,6 +77,13 @@ async function main(args: string[]): Promise<number> {
       pins,
     }),
   });
+  // listen() replaces a stale socket; one that a server answers on belongs to a running driver.
+  if (await acceptsConnection(config.csiSocketPath, IN_USE_TIMEOUT_MS)) {
+    log.error("Another server already serves on {csi_socket_path}: not replacing it", {
+      csi_socket_path: config.csiSocketPath,
+    });
+    return 1;
+  }
   try {
     await listen(server, config.csiSocketPath);
   } catch (error) {

@@ -13,6 +13,13 @@ export const LOG_FORMATS = ["json", "text"] as const;
 /** A log format. */
 export type LogFormat = typeof LOG_FORMATS[number];
 
+/** Default `-workload-api-socket-names`: the names SPIRE agents use for the Workload API socket. */
+export const DEFAULT_SOCKET_NAMES: readonly string[] = Object.freeze([
+  "api.sock",
+  "spire-agent.sock",
+  "agent.sock",
+]);
+
 /** The driver's version, reported by `--version` and GetPluginInfo. */
 export const VERSION: string = denoConfig.version;
 
@@ -72,7 +79,7 @@ const FLAGS: Record<string, FlagSpec> = {
   "workload-api-socket-dir": { type: "string", help: "Path to the Workload API socket directory" },
   "workload-api-socket-names": {
     type: "string",
-    default: "api.sock,spire-agent.sock,agent.sock",
+    default: DEFAULT_SOCKET_NAMES.join(","),
     help:
       "Comma-separated names of the Workload API sockets in the socket dir that health checks may connect to",
   },

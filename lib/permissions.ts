@@ -1,10 +1,15 @@
 /**
  * The driver's permission set. It is written once, in deno.json (`permissions.driver`), for the
- * container layout; this module re-targets those paths to the ones a driver is configured with, so
- * the start task, the tests and the compile task all run the driver under the same set.
+ * container layouts the image serves: each path there is one of the well-known places for a role
+ * (our Workload API dir and upstream's, kubelet's root on plain Kubernetes, microk8s and k0s). The
+ * role of an entry is read from its shape: `unix:<dir>/*` names a Workload API socket dir, another
+ * `unix:` entry the CSI socket, `<root>/pods` a kubelet root, `<dir>/cwd` the -cwd-link, and the
+ * `run` entries are mount and umount by file name. Every set the driver runs under derives from it: the image's keeps every
+ * alternative; a set for configured paths (the start task, the tests) replaces all alternatives of
+ * a role by the one configured path, so it is as tight as the configuration.
  */
 import denoConfig from "../deno.json" with { type: "json" };
-import { type Config, configToArgs } from "./config.ts";
+import { type Config, configToArgs, DEFAULT_SOCKET_NAMES } from "./config.ts";
 
 /** The paths and names the permission set depends on. */
 export interface DriverPaths {
@@ -35,19 +40,32 @@ export interface PermissionSet {
   run: string[];
 }
 
-/** The paths deno.json's permission set is written for (the DaemonSet's container layout). */
-export const CONTAINER_PATHS: Readonly<DriverPaths> = Object.freeze({
-  socketDir: "/spiffe-workload-api",
-  csiSocketPath: "/spiffe-csi/csi.sock",
-  kubeletDir: "/var/lib/kubelet",
-  nodeIdEnv: "MY_NODE_NAME",
-  mountPath: "/usr/bin/mount",
-  umountPath: "/usr/bin/umount",
-  socketNames: ["api.sock", "spire-agent.sock", "agent.sock"],
-  cwdLink: "/run/spiffe-csi-driver/cwd",
-});
+type Kind = keyof PermissionSet;
+const KINDS: readonly Kind[] = ["read", "write", "net", "env", "run"];
 
-/** The permission set as written in deno.json, for the container layout. */
+/** What an entry of the declared set is for; `fixed` entries are the same in every set. */
+type Role = Exclude<keyof DriverPaths, "socketNames"> | "socket" | "fixed";
+
+/** The flag that configures each role's path (for messages). */
+const ROLE_FLAGS: Record<Exclude<Role, "fixed">, string> = {
+  socketDir: "-workload-api-socket-dir",
+  socket: "-workload-api-socket-names",
+  csiSocketPath: "-csi-socket-path",
+  kubeletDir: "-kubelet-dir",
+  nodeIdEnv: "-node-id-env",
+  mountPath: "-mount-path",
+  umountPath: "-umount-path",
+  cwdLink: "-cwd-link",
+};
+
+/** One entry of a permission set, with the role it plays. */
+interface Grant {
+  kind: Kind;
+  role: Role;
+  value: string;
+}
+
+/** The permission set as written in deno.json. */
 export function declaredPermissionSet(): PermissionSet {
   const set = denoConfig.permissions.driver;
   return {
@@ -59,41 +77,104 @@ export function declaredPermissionSet(): PermissionSet {
   };
 }
 
-/** The driver's permission set re-targeted to `paths`. */
-export function permissionSet(paths: DriverPaths): PermissionSet {
-  const keys = Object.keys(CONTAINER_PATHS) as (keyof DriverPaths)[];
-  for (const value of keys.flatMap((key) => paths[key])) {
-    if (value.includes(",")) {
-      throw new RangeError(`permission paths must not contain a comma: ${value}`);
+/** Every well-known container path of each role, as the declared set names them. */
+export interface ContainerLayouts {
+  socketDirs: string[];
+  csiSocketPaths: string[];
+  kubeletDirs: string[];
+  nodeIdEnv: string;
+  mountPath: string;
+  umountPath: string;
+  cwdLink: string;
+}
+
+/** The container paths a declared set (deno.json's by default) is written for, read from the set. */
+export function containerLayouts(set: PermissionSet = declaredPermissionSet()): ContainerLayouts {
+  const grants = declaredGrants(set);
+  const of = (role: Role) => unique(grants.filter((g) => g.role === role).map((g) => g.value));
+  const one = (role: Role) => {
+    const [value, ...more] = of(role);
+    if (value === undefined || more.length > 0) {
+      throw new RangeError(`deno.json's permission set must name exactly one ${role}`);
     }
-  }
-  const declared = declaredPermissionSet();
-  const retarget = (entry: string) => retargetPath(entry, paths);
+    return value;
+  };
   return {
-    read: declared.read.map(retarget),
-    write: declared.write.map(retarget),
-    // `unix:<socket dir>/*` stands for each Workload API socket name: Deno allows unix sockets by
-    // exact path only, so the driver can connect to exactly the names it is configured with.
-    net: declared.net.flatMap((entry) => {
-      if (!entry.startsWith("unix:")) return [entry];
-      const path = retarget(entry.slice(5));
-      if (!path.endsWith("/*")) return [`unix:${path}`];
-      return paths.socketNames.map((name) => `unix:${path.slice(0, -1)}${name}`);
-    }),
-    env: declared.env.map((name) => name === CONTAINER_PATHS.nodeIdEnv ? paths.nodeIdEnv : name),
-    run: declared.run.map(retarget),
+    socketDirs: of("socketDir"),
+    csiSocketPaths: of("csiSocketPath"),
+    kubeletDirs: of("kubeletDir"),
+    nodeIdEnv: one("nodeIdEnv"),
+    mountPath: one("mountPath"),
+    umountPath: one("umountPath"),
+    cwdLink: one("cwdLink"),
   };
 }
 
+/** The paths of the DaemonSet in manifests/base: the first container path of each role. */
+export const CONTAINER_PATHS: Readonly<DriverPaths> = Object.freeze(baseLayout());
+
+function baseLayout(): DriverPaths {
+  const layouts = containerLayouts();
+  return {
+    socketDir: layouts.socketDirs[0] ?? "",
+    csiSocketPath: layouts.csiSocketPaths[0] ?? "",
+    kubeletDir: layouts.kubeletDirs[0] ?? "",
+    nodeIdEnv: layouts.nodeIdEnv,
+    mountPath: layouts.mountPath,
+    umountPath: layouts.umountPath,
+    socketNames: [...DEFAULT_SOCKET_NAMES],
+    cwdLink: layouts.cwdLink,
+  };
+}
+
+/**
+ * The driver's permission set. Each path given replaces every container alternative of its role:
+ * all of them for a configured run (tight), none for the image (every well-known layout), only
+ * `kubeletDir` for an image built for another kubelet root. Socket names default to the flag's.
+ */
+export function permissionSet(paths: Partial<DriverPaths> = {}): PermissionSet {
+  const set: PermissionSet = { read: [], write: [], net: [], env: [], run: [] };
+  for (const grant of grants(paths)) set[grant.kind].push(grant.value);
+  return set;
+}
+
 /** Deno command-line flags granting exactly `permissionSet(paths)` and nothing else. */
-export function permissionFlags(paths: DriverPaths): string[] {
+export function permissionFlags(paths: Partial<DriverPaths> = {}): string[] {
   const set = permissionSet(paths);
   const flags = ["--no-prompt"];
-  for (const kind of ["read", "write", "net", "env", "run"] as const) {
-    const list = unique(set[kind]);
-    if (list.length > 0) flags.push(`--allow-${kind}=${list.join(",")}`);
+  for (const kind of KINDS) {
+    if (set[kind].length > 0) flags.push(`--allow-${kind}=${set[kind].join(",")}`);
   }
   return flags;
+}
+
+/**
+ * One line for each configured path the running process is not granted (asked of
+ * Deno.permissions, never guessed), naming the flag and the path; empty when all are granted.
+ */
+export async function ungrantedPaths(
+  paths: DriverPaths,
+  query: (descriptor: Deno.PermissionDescriptor) => Promise<Deno.PermissionStatus> = (d) =>
+    Deno.permissions.query(d),
+): Promise<string[]> {
+  const missing = new Map<string, { flag: string; value: string; kinds: Kind[] }>();
+  for (const grant of grants(paths)) {
+    if (grant.role === "fixed" || grant.kind === "env") continue;
+    if ((await query(descriptor(grant))).state === "granted") continue;
+    const value = grant.kind === "net" ? grant.value.slice("unix:".length) : grant.value;
+    const flag = ROLE_FLAGS[grant.role];
+    const key = `${flag} ${value}`;
+    const entry = missing.get(key) ?? { flag, value, kinds: [] };
+    entry.kinds.push(grant.kind);
+    missing.set(key, entry);
+  }
+  // Sockets in a socket dir that is itself refused need no line of their own.
+  const dirRefused = [...missing.values()].some(({ flag }) => flag === ROLE_FLAGS.socketDir);
+  return [...missing.values()]
+    .filter(({ flag }) => !(dirRefused && flag === ROLE_FLAGS.socket))
+    .map(({ flag, value, kinds }) =>
+      `${flag}: ${value} is outside the driver's permission set (${kinds.join(", ")})`
+    );
 }
 
 /** V8 flags that keep the driver's heap small (used by the start task, tests, bench and compile). */
@@ -111,20 +192,98 @@ export function driverRunArgs(config: Config, entry: string, extraArgs: string[]
   ];
 }
 
-function retargetPath(entry: string, paths: DriverPaths): string {
-  const pairs: [string, string][] = [
-    [CONTAINER_PATHS.csiSocketPath, paths.csiSocketPath],
-    [CONTAINER_PATHS.socketDir, paths.socketDir],
-    [CONTAINER_PATHS.kubeletDir, paths.kubeletDir],
-    [CONTAINER_PATHS.mountPath, paths.mountPath],
-    [CONTAINER_PATHS.umountPath, paths.umountPath],
-    [CONTAINER_PATHS.cwdLink, paths.cwdLink],
-  ];
-  for (const [from, to] of pairs) {
-    if (entry === from) return to;
-    if (entry.startsWith(`${from}/`)) return to.replace(/\/+$/, "") + entry.slice(from.length);
+function descriptor({ kind, value }: Grant): Deno.PermissionDescriptor {
+  switch (kind) {
+    case "read":
+    case "write":
+      return { name: kind, path: value };
+    case "net":
+      return { name: "net", host: value };
+    case "run":
+      return { name: "run", command: value };
+    case "env":
+      return { name: "env", variable: value };
   }
-  return entry;
+}
+
+/** A declared set's entries with their roles; throws on an entry whose role is unknown. */
+function declaredGrants(set: PermissionSet): Grant[] {
+  const socketDirs = set.net.filter((e) => /^unix:\/.*\/\*$/.test(e)).map((e) => e.slice(5, -2));
+  const csiSockets = set.net.filter((e) => /^unix:\/.*[^*]$/.test(e)).map((e) => e.slice(5));
+  // Each socket dir is listed and connected to, the CSI socket created and served: every path
+  // with a net entry needs read and write too, and read and write name the same paths.
+  for (const path of [...socketDirs, ...csiSockets, ...set.read, ...set.write]) {
+    if (!set.read.includes(path) || !set.write.includes(path)) {
+      throw new RangeError(`deno.json: ${path} must be in both read and write`);
+    }
+  }
+  const out: Grant[] = [];
+  for (const kind of ["read", "write"] as const) {
+    for (const value of set[kind]) {
+      const role: Role | undefined = socketDirs.includes(value)
+        ? "socketDir"
+        : csiSockets.includes(value)
+        ? "csiSocketPath"
+        : value.endsWith("/pods")
+        ? "kubeletDir"
+        : value.endsWith("/cwd")
+        ? "cwdLink"
+        : undefined;
+      if (!role) throw new RangeError(`deno.json: no role for ${kind} entry ${value}`);
+      out.push({
+        kind,
+        role,
+        value: role === "kubeletDir" ? value.slice(0, -"/pods".length) : value,
+      });
+    }
+  }
+  for (const value of set.net) {
+    if (!value.startsWith("unix:")) {
+      throw new RangeError(`deno.json: net entry ${value} is not unix:`);
+    }
+    const path = value.slice(5);
+    out.push(
+      path.endsWith("/*")
+        ? { kind: "net", role: "socket", value: path.slice(0, -2) }
+        : { kind: "net", role: "csiSocketPath", value: path },
+    );
+  }
+  for (const value of set.env) {
+    out.push({ kind: "env", role: value.endsWith("*") ? "fixed" : "nodeIdEnv", value });
+  }
+  for (const value of set.run) {
+    const name = value.slice(value.lastIndexOf("/") + 1);
+    if (name !== "mount" && name !== "umount") {
+      throw new RangeError(`deno.json: run entry ${value} is neither mount nor umount`);
+    }
+    out.push({ kind: "run", role: name === "mount" ? "mountPath" : "umountPath", value });
+  }
+  return out;
+}
+
+/** deno.json's grants with `paths` applied, as concrete Deno allowlist entries. */
+function grants(paths: Partial<DriverPaths>): Grant[] {
+  for (const value of Object.values(paths).flat()) {
+    if (typeof value === "string" && value.includes(",")) {
+      throw new RangeError(`permission paths must not contain a comma: ${value}`);
+    }
+  }
+  const names = paths.socketNames ?? CONTAINER_PATHS.socketNames;
+  const all = declaredGrants(declaredPermissionSet()).flatMap((grant): Grant[] => {
+    const { kind, role } = grant;
+    if (role === "fixed") return [grant];
+    // `unix:<socket dir>/*` stands for each Workload API socket name: Deno allows unix sockets by
+    // exact path only, so the driver can connect to exactly the names it is configured with.
+    if (role === "socket") {
+      const dir = (paths.socketDir ?? grant.value).replace(/\/+$/, "");
+      return names.map((name) => ({ kind, role, value: `unix:${dir}/${name}` }));
+    }
+    const value = paths[role] ?? grant.value;
+    if (role === "kubeletDir") return [{ kind, role, value: `${value.replace(/\/+$/, "")}/pods` }];
+    return [{ kind, role, value: kind === "net" ? `unix:${value}` : value }];
+  });
+  // Alternatives of one role collapse onto the one configured path: keep each entry once.
+  return [...new Map(all.map((grant) => [`${grant.kind} ${grant.value}`, grant])).values()];
 }
 
 function unique(list: string[]): string[] {

@@ -1,31 +1,123 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
+import { DEFAULT_SOCKET_NAMES } from "./config.ts";
 import {
   CONTAINER_PATHS,
+  containerLayouts,
   declaredPermissionSet,
   type DriverPaths,
   permissionFlags,
   permissionSet,
+  ungrantedPaths,
 } from "./permissions.ts";
 
 const PROBE = fileURLToPath(new URL("../tests/fixtures/sandbox_probe.ts", import.meta.url));
 
-Deno.test("the permission set allows only mount/umount, the socket dir, the CSI socket, kubelet's pods dir and the cwd link", () => {
+const PODS_DIRS = [
+  "/var/lib/kubelet/pods",
+  "/var/snap/microk8s/common/var/lib/kubelet/pods",
+  "/var/lib/k0s/kubelet/pods",
+];
+
+Deno.test("the permission set allows only mount/umount, the socket dirs, the CSI socket, kubelet's pods dirs and the cwd link", () => {
   const set = declaredPermissionSet();
   assert.deepEqual(set.run, ["/usr/bin/mount", "/usr/bin/umount"]);
-  assert.deepEqual(set.net, ["unix:/spiffe-csi/csi.sock", "unix:/spiffe-workload-api/*"]);
-  assert.deepEqual(set.env, ["GRPC_*", "MY_NODE_NAME"]);
-  assert.deepEqual(set.write.sort(), [
-    "/run/spiffe-csi-driver/cwd",
-    "/spiffe-csi/csi.sock",
-    "/spiffe-workload-api",
-    "/var/lib/kubelet/pods",
+  assert.deepEqual(set.net, [
+    "unix:/spiffe-csi/csi.sock",
+    "unix:/spiffe-workload-api/*",
+    "unix:/spire-agent-socket/*",
   ]);
+  assert.deepEqual(set.env, ["GRPC_*", "MY_NODE_NAME"]);
+  assert.deepEqual(
+    set.write.sort(),
+    [
+      "/spiffe-csi/csi.sock",
+      "/spiffe-workload-api",
+      "/spire-agent-socket",
+      ...PODS_DIRS,
+      "/run/spiffe-csi-driver/cwd",
+    ].sort(),
+  );
   assert.deepEqual(set.read.sort(), set.write.sort());
   // Every flag is an explicit allowlist: nothing unrestricted, nothing beyond these five kinds.
-  for (const flag of permissionFlags(CONTAINER_PATHS)) {
+  for (const flag of permissionFlags()) {
     assert.match(flag, /^(--no-prompt|--allow-(read|write|net|env|run)=[^=\s]+)$/, flag);
   }
+});
+
+Deno.test("the image's set serves our layout, upstream's and every well-known kubelet root", () => {
+  assert.deepEqual(containerLayouts(), {
+    socketDirs: ["/spiffe-workload-api", "/spire-agent-socket"],
+    csiSocketPaths: ["/spiffe-csi/csi.sock"],
+    kubeletDirs: PODS_DIRS.map((dir) => dir.slice(0, -"/pods".length)),
+    nodeIdEnv: "MY_NODE_NAME",
+    mountPath: "/usr/bin/mount",
+    umountPath: "/usr/bin/umount",
+    cwdLink: "/run/spiffe-csi-driver/cwd",
+  });
+  const image = permissionSet();
+  const dirs = ["/spiffe-workload-api", "/spire-agent-socket"];
+  const cwd = "/run/spiffe-csi-driver/cwd";
+  assert.deepEqual(image.read, [...dirs, "/spiffe-csi/csi.sock", ...PODS_DIRS, cwd]);
+  assert.deepEqual(image.write, image.read);
+  // Each socket dir gets a connect permission for each Workload API socket name.
+  assert.deepEqual(image.net, [
+    "unix:/spiffe-csi/csi.sock",
+    ...dirs.flatMap((dir) => DEFAULT_SOCKET_NAMES.map((name) => `unix:${dir}/${name}`)),
+  ]);
+  // Another kubelet root (the build argument) replaces the well-known ones.
+  const custom = permissionSet({ kubeletDir: "/opt/kubelet" });
+  assert.deepEqual(custom.write, [...dirs, "/spiffe-csi/csi.sock", "/opt/kubelet/pods", cwd]);
+  assert.equal(CONTAINER_PATHS.socketDir, "/spiffe-workload-api");
+  assert.equal(CONTAINER_PATHS.kubeletDir, "/var/lib/kubelet");
+});
+
+Deno.test("containerLayouts() refuses a declared set whose roles it cannot tell", () => {
+  const set = declaredPermissionSet();
+  const without = (list: string[], value: string) => list.filter((entry) => entry !== value);
+  // A socket dir without its connect entry is no known role.
+  assert.throws(
+    () => containerLayouts({ ...set, net: without(set.net, "unix:/spire-agent-socket/*") }),
+    /no role for read entry \/spire-agent-socket/,
+  );
+  // A socket dir that may be connected to but not listed.
+  assert.throws(
+    () => containerLayouts({ ...set, read: without(set.read, "/spire-agent-socket") }),
+    /\/spire-agent-socket must be in both read and write/,
+  );
+  assert.throws(
+    () => containerLayouts({ ...set, run: [...set.run, "/bin/sh"] }),
+    /neither mount nor umount/,
+  );
+});
+
+Deno.test("ungrantedPaths() names each configured path the running set does not grant, with its flag", async () => {
+  const granted = new Set(["/spire-agent-socket", "unix:/spiffe-csi/csi.sock", "/usr/bin/mount"]);
+  const asked: Deno.PermissionDescriptor[] = [];
+  const query = (d: Deno.PermissionDescriptor) => {
+    asked.push(d);
+    const value = "path" in d ? d.path : "host" in d ? d.host : "command" in d ? d.command : "";
+    const state = granted.has(String(value)) || String(value).startsWith("/spiffe-csi/")
+      ? "granted"
+      : "prompt";
+    return Promise.resolve({ state } as Deno.PermissionStatus);
+  };
+  const lines = await ungrantedPaths({
+    ...CONTAINER_PATHS,
+    socketDir: "/spire-agent-socket",
+    kubeletDir: "/tmp/kubelet",
+    umountPath: "/sbin/umount",
+    socketNames: ["api.sock"],
+  }, query);
+  assert.deepEqual(lines, [
+    "-kubelet-dir: /tmp/kubelet/pods is outside the driver's permission set (read, write)",
+    "-workload-api-socket-names: /spire-agent-socket/api.sock is outside the driver's permission set (net)",
+    "-umount-path: /sbin/umount is outside the driver's permission set (run)",
+  ]);
+  assert.ok(asked.some((d) => d.name === "net" && d.host === "unix:/spire-agent-socket/api.sock"));
+  assert.ok(!asked.some((d) => d.name === "env"), "env is not a path");
+  // Under the real permissions of this test process everything is granted.
+  assert.deepEqual(await ungrantedPaths(CONTAINER_PATHS), []);
 });
 
 Deno.test("permissionSet() re-targets every path to the configured ones", () => {

@@ -18,6 +18,8 @@ export interface InspectOptions {
   listOnly?: boolean;
   /** Socket names that may be connected to (the permission set allows exactly these). */
   names?: string[];
+  /** What `dir` is, in messages (default "the volume"). */
+  subject?: string;
 }
 
 /** Lists `dir` and, unless listOnly, connects to each Unix socket in it until one accepts. */
@@ -37,7 +39,7 @@ export async function inspectSocketDir(
   } catch (error) {
     return {
       healthy: false,
-      message: `unable to list the volume: ${errorMessage(error)}`,
+      message: `unable to list ${options.subject ?? "the volume"}: ${errorMessage(error)}`,
       entries,
     };
   }
@@ -60,7 +62,7 @@ export async function inspectSocketDir(
     };
   }
   for (const name of allowed) {
-    if (await accepts(`${dir}/${name}`, options.timeoutMs)) {
+    if (await acceptsConnection(`${dir}/${name}`, options.timeoutMs)) {
       return { healthy: true, message: "a Workload API socket accepts connections", entries };
     }
   }
@@ -71,7 +73,8 @@ export async function inspectSocketDir(
   };
 }
 
-async function accepts(path: string, timeoutMs: number): Promise<boolean> {
+/** Whether a server accepts a connection on the Unix socket at `path` within `timeoutMs`. */
+export async function acceptsConnection(path: string, timeoutMs: number): Promise<boolean> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<null>((resolve) => {
     timer = setTimeout(() => resolve(null), timeoutMs);

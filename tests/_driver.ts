@@ -30,6 +30,8 @@ export interface DriverProcess {
   logs(): string;
   /** Sends `signal` (default SIGTERM) and waits for the exit. */
   stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
+  /** Waits for the driver to exit on its own; after `timeoutMs` it is killed (SIGKILL). */
+  exit(timeoutMs: number): Promise<Deno.CommandStatus>;
 }
 
 /** The driver's Config for these options (parsed by the driver's own flag parser). */
@@ -47,13 +49,41 @@ export function driverConfig(options: StartOptions): Config {
 }
 
 /** Starts the driver and (by default) waits until it answers Probe. */
-export async function startDriver(options: StartOptions): Promise<DriverProcess> {
+export function startDriver(options: StartOptions): Promise<DriverProcess> {
   const config = driverConfig(options);
-  const child = new Deno.Command(Deno.execPath(), {
+  return spawnDriver({
+    config,
+    command: Deno.execPath(),
     args: driverRunArgs(config, ENTRY),
+    waitReady: options.waitReady ?? true,
+  });
+}
+
+/** How spawnDriver runs the driver. */
+export interface SpawnOptions {
+  /** The driver's configuration, as the driver parses its arguments. */
+  config: Config;
+  command: string;
+  args: string[];
+  /** Extra environment variables (PATH and HOME are always set). */
+  env?: Record<string, string>;
+  /** Probe this socket (default: the config's CSI socket, as seen from here). */
+  probeSocket?: string;
+  waitReady: boolean;
+}
+
+/** Spawns the driver with an exact command line, and (optionally) waits until it answers Probe. */
+export async function spawnDriver(options: SpawnOptions): Promise<DriverProcess> {
+  const { config } = options;
+  const child = new Deno.Command(options.command, {
+    args: options.args,
     cwd: ROOT,
     clearEnv: true,
-    env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
+    env: {
+      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+      HOME: Deno.env.get("HOME") ?? "/root",
+      ...options.env,
+    },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -82,14 +112,23 @@ export async function startDriver(options: StartOptions): Promise<DriverProcess>
       }
       return await status;
     },
+    async exit(timeoutMs: number) {
+      const timer = setTimeout(() => driver.stop("SIGKILL"), timeoutMs);
+      try {
+        return await status;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
   };
-  if (options.waitReady ?? true) {
+  if (options.waitReady) {
+    const socket = options.probeSocket ?? config.csiSocketPath;
     const deadline = Date.now() + 20_000;
     while (true) {
       if (exited) throw new Error(`driver exited during start-up:\n${logs}`);
       try {
-        await Deno.stat(config.csiSocketPath);
-        const client = new CsiClient(config.csiSocketPath);
+        await Deno.stat(socket);
+        const client = new CsiClient(socket);
         const result = await client.call("Probe", {}, 2000);
         client.close();
         if (result.ok) break;

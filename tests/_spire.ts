@@ -25,6 +25,10 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Run as this uid and gid, with no supplementary groups (through setpriv). */
   uid?: number;
+  /** Working directory. */
+  cwd?: string;
+  /** Extra environment variables. */
+  env?: Record<string, string>;
 }
 
 /** Runs `command` to completion and never throws for a non-zero exit. */
@@ -46,6 +50,8 @@ export async function run(
   ];
   const output = await new Deno.Command(cmd, {
     args: argv,
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+    ...(options.env === undefined ? {} : { env: options.env }),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

@@ -68,6 +68,8 @@ function parseContainerfile(text: string): Stage[] {
   return stages;
 }
 
+const MICROK8S = "/var/snap/microk8s/common/var/lib/kubelet";
+
 const TEXT = await Deno.readTextFile(join(ROOT, "Containerfile"));
 const STAGES = parseContainerfile(TEXT);
 
@@ -86,10 +88,15 @@ Deno.test("Containerfile: the builder runs deno task compile on the pinned Deno 
   assert.match(builder.from, /^denoland\/deno:(bin|debian)-\d+\.\d+\.\d+$/);
   assert.equal(builder.from.split("-").at(-1), Deno.version.deno, "image Deno != tested Deno");
   const script = runs(builder);
+  // One image for every well-known kubelet root; the build argument is for any other root.
   assert.match(
     script,
-    /\bdeno task compile --target="\$\{TARGETARCH\}" --kubelet-dir="\$\{KUBELET_DIR\}"/,
+    /\bdeno task compile --target="\$\{TARGETARCH\}" \$\{KUBELET_DIR:\+--kubelet-dir="\$\{KUBELET_DIR\}"\}/,
   );
+  const arg = builder.instructions.find((i) =>
+    i.keyword === "ARG" && /^KUBELET_DIR\b/.test(i.args)
+  );
+  assert.equal(arg?.args, "KUBELET_DIR=", "no kubelet root by default");
   // No second copy of the flags: the task owns them.
   const instructions = STAGES.flatMap((s) => s.instructions.map((i) => i.args)).join("\n");
   assert.doesNotMatch(instructions, /deno compile|--allow-|--v8-flags|DENORT_BIN|--include/);
@@ -224,6 +231,10 @@ Deno.test("Containerfile: the runtime is scratch with the entrypoint, libraries 
   const labels = runtime.instructions.filter((i) => i.keyword === "LABEL").map((i) => i.args)
     .join(" ");
   assert.match(labels, /org\.opencontainers\.image\.source="\$\{SOURCE\}"/);
+  // The source is this project's, never upstream's repository.
+  const source = runtime.instructions.find((i) => i.keyword === "ARG" && /^SOURCE=/.test(i.args));
+  assert.equal(source?.args, "SOURCE=spiffe-csi-driver");
+  assert.doesNotMatch(TEXT, /github\.com\/spiffe\//);
   assert.match(labels, /org\.opencontainers\.image\.version="\$\{VERSION\}"/);
   assert.match(labels, /org\.opencontainers\.image\.licenses="Apache-2\.0"/);
   const version = runtime.instructions.find((i) => i.keyword === "ARG" && /^VERSION=/.test(i.args));
@@ -244,7 +255,7 @@ Deno.test("compile task: flags are the driver's permission set, V8 flags and not
   for (const target of TARGETS) {
     const args = compileArgs(target);
     assert.equal(args[0], "compile");
-    const perms = permissionFlags(CONTAINER_PATHS);
+    const perms = permissionFlags();
     for (const f of perms) assert.ok(args.includes(f), `missing ${f}`);
     assert.deepEqual(args.filter((a) => /^--(allow|deny)-|^-A$|^--no-prompt$/.test(a)), perms);
     assert.ok(args.includes(`--v8-flags=${V8_FLAGS}`));
@@ -273,22 +284,29 @@ Deno.test("compile task: targets accept Rust triples, Docker arch names and all"
   assert.throws(() => parseTargets(["extra"]), RangeError);
 });
 
-Deno.test("compile task: --kubelet-dir re-targets only the pods dir of the permission set", () => {
-  const microk8s = "/var/snap/microk8s/common/var/lib/kubelet";
-  const { targets, paths } = parseCompileOptions(["--target=amd64", `--kubelet-dir=${microk8s}`]);
+Deno.test("compile task: the image allows every well-known kubelet root; --kubelet-dir only its own", () => {
+  const allowed = (args: string[], kind: string) =>
+    args.filter((a) => a.startsWith(`--allow-${kind}=`)).flatMap((a) =>
+      a.slice(a.indexOf("=") + 1).split(",")
+    );
+  const image = compileArgs("x86_64-unknown-linux-gnu");
+  assert.deepEqual(parseCompileOptions([]).paths, {});
+  for (const root of ["/var/lib/kubelet", MICROK8S, "/var/lib/k0s/kubelet"]) {
+    assert.ok(allowed(image, "write").includes(`${root}/pods`), root);
+  }
+  for (const dir of ["/spiffe-workload-api", "/spire-agent-socket"]) {
+    assert.ok(allowed(image, "read").includes(dir), dir);
+    assert.ok(allowed(image, "net").includes(`unix:${dir}/api.sock`), dir);
+  }
+
+  const custom = "/opt/k8s/kubelet";
+  const { targets, paths } = parseCompileOptions(["--target=amd64", `--kubelet-dir=${custom}`]);
   assert.deepEqual(targets, ["x86_64-unknown-linux-gnu"]);
-  assert.deepEqual(paths, { ...CONTAINER_PATHS, kubeletDir: microk8s });
+  assert.deepEqual(paths, { kubeletDir: custom });
   const args = compileArgs("x86_64-unknown-linux-gnu", paths);
-  assert.ok(
-    args.includes(
-      `--allow-write=/spiffe-workload-api,/spiffe-csi/csi.sock,${microk8s}/pods,${CONTAINER_PATHS.cwdLink}`,
-    ),
-  );
-  const allowed = args.filter((a) => a.startsWith("--allow-")).flatMap((a) =>
-    a.slice(a.indexOf("=") + 1).split(",")
-  );
-  assert.ok(!allowed.includes("/var/lib/kubelet/pods"), "the default pods dir is not allowed too");
-  assert.deepEqual(parseCompileOptions([]).paths, CONTAINER_PATHS);
+  const pods = allowed(args, "write").filter((p) => p.endsWith("/pods"));
+  assert.deepEqual(pods, [`${custom}/pods`], "only the given root's pods dir");
+  assert.deepEqual(allowed(args, "read"), allowed(args, "write"));
   for (const bad of ["relative", "/a,b", "/x/../etc", "/trailing/"]) {
     assert.throws(() => parseCompileOptions([`--kubelet-dir=${bad}`]), RangeError, bad);
   }

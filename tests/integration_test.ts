@@ -50,6 +50,23 @@ function withDriver(fn: (s: Setup) => Promise<void>, flags: string[] = []): () =
   };
 }
 
+interface LogRecord {
+  level: string;
+  message: string;
+  properties: Record<string, unknown>;
+}
+
+/** The driver's JSON log lines; a line that is not JSON (someone else's output) fails the test. */
+function logRecords(logs: string): LogRecord[] {
+  return logs.split("\n").filter((line) => line !== "").map((line) => {
+    try {
+      return JSON.parse(line) as LogRecord;
+    } catch {
+      throw new Error(`not a log line of the driver: ${line}`);
+    }
+  });
+}
+
 const test = (name: string, fn: () => Promise<void>) =>
   Deno.test({ name, ignore: !REAL_MOUNTS, sanitizeResources: false, sanitizeOps: false, fn });
 
@@ -209,14 +226,66 @@ test(
 );
 
 test(
-  "Probe is ready only while the socket dir can be listed",
-  withDriver(async ({ tree, client }) => {
+  "Probe is ready only while the socket dir can be listed, and logs why once per change",
+  withDriver(async ({ tree, driver, client }) => {
     type Probe = { ready: { value: boolean } };
-    assert.equal((await client.ok<Probe>("Probe")).ready.value, true);
-    await Deno.remove(tree.socketDir);
-    assert.equal((await client.ok<Probe>("Probe")).ready.value, false);
-    await Deno.mkdir(tree.socketDir);
-    assert.equal((await client.ok<Probe>("Probe")).ready.value, true);
+    const probe = async () => (await client.ok<Probe>("Probe")).ready.value;
+    assert.equal(await probe(), true);
+    for (let round = 0; round < 2; round++) {
+      await Deno.remove(tree.socketDir);
+      for (let i = 0; i < 3; i++) assert.equal(await probe(), false);
+      await Deno.mkdir(tree.socketDir);
+      for (let i = 0; i < 3; i++) assert.equal(await probe(), true);
+    }
+    await driver.stop("SIGTERM");
+    const records = logRecords(driver.logs()).filter((r) => r.message.startsWith("Probe:"));
+    const expected = [
+      { level: "WARN", ready: false, reason: `unable to list ${tree.socketDir}: No such file` },
+      { level: "INFO", ready: true, reason: "" },
+    ];
+    assert.deepEqual(
+      records.map((r) => ({
+        level: r.level,
+        ready: r.properties.ready,
+        reason: String(r.properties.reason ?? "").replace(/ or directory.*$/, ""),
+      })),
+      [...expected, ...expected],
+      driver.logs(),
+    );
+  }),
+);
+
+test(
+  "a CSI socket that cannot be served is one log line and exit 1",
+  async () => {
+    const tree = await makeTempTree();
+    try {
+      const csiSocketPath = `${tree.root}/missing/csi.sock`;
+      const driver = await startDriver({ ...tree, csiSocketPath, waitReady: false });
+      const exit = await driver.exit(20_000);
+      assert.equal(exit.code, 1, driver.logs());
+      const errors = logRecords(driver.logs()).filter((r) => r.level !== "INFO");
+      assert.equal(errors.length, 1, driver.logs());
+      assert.match(errors[0]?.message ?? "", /^Cannot serve CSI on /);
+      assert.match(String(errors[0]?.properties.error), /ENOENT|No such file/);
+    } finally {
+      await tree.remove();
+    }
+  },
+);
+
+test(
+  "a second driver on the same CSI socket refuses to start and leaves the first serving",
+  withDriver(async ({ tree, client }) => {
+    const before = await Deno.lstat(tree.csiSocketPath);
+    const second = await startDriver({ ...tree, waitReady: false });
+    const exit = await second.exit(20_000);
+    assert.equal(exit.code, 1, second.logs());
+    const errors = logRecords(second.logs()).filter((r) => r.level !== "INFO");
+    assert.equal(errors.length, 1, second.logs());
+    assert.match(errors[0]?.message ?? "", /already serves on/);
+    assert.equal((await Deno.lstat(tree.csiSocketPath)).ino, before.ino, "the socket was replaced");
+    assert.ok((await client.ok<{ ready: { value: boolean } }>("Probe")).ready.value);
   }),
 );
 

@@ -12,7 +12,12 @@ import * as storage from "kubernetes-models/storage.k8s.io/v1";
 import * as rbac from "kubernetes-models/rbac.authorization.k8s.io/v1";
 import denoConfig from "../deno.json" with { type: "json" };
 import { type Config, parseInvocation, usage } from "../lib/config.ts";
-import { CONTAINER_PATHS, permissionSet } from "../lib/permissions.ts";
+import {
+  CONTAINER_PATHS,
+  type PermissionSet,
+  permissionSet,
+  ungrantedPaths,
+} from "../lib/permissions.ts";
 import { ROOT } from "./_driver.ts";
 
 const MANIFESTS = join(ROOT, "manifests");
@@ -30,6 +35,7 @@ const MODELS: Record<string, new (data: never) => { validate(): void }> = {
   "v1/ServiceAccount": core.ServiceAccount,
   "v1/ConfigMap": core.ConfigMap,
   "v1/Service": core.Service,
+  "v1/ResourceQuota": core.ResourceQuota,
   "apps/v1/DaemonSet": apps.DaemonSet,
   "apps/v1/Deployment": apps.Deployment,
   "apps/v1/StatefulSet": apps.StatefulSet,
@@ -76,7 +82,7 @@ async function loadAll(): Promise<Loaded[]> {
 }
 
 function resources(all: Loaded[]): Loaded[] {
-  return all.filter(({ doc }) => doc.kind !== "Kustomization");
+  return all.filter(({ doc }) => doc.kind !== "Kustomization" && doc.kind !== "Component");
 }
 
 function find(all: Loaded[], kind: string, name: string, under = "base"): Doc {
@@ -350,7 +356,8 @@ Deno.test("manifests: the DaemonSet is privileged only as far as mounting needs"
     assert.notEqual(sidecar.securityContext?.privileged, true, sidecar.name);
     assert.deepEqual(sidecar.securityContext?.capabilities?.drop, ["ALL"], sidecar.name);
   }
-  assert.equal(pod.priorityClassName, "system-node-critical");
+  // A critical priority class needs a quota on some clusters: it is an option (components/).
+  assert.equal(pod.priorityClassName, undefined);
   assert.equal(ds.spec.updateStrategy.type, "RollingUpdate");
   assert.equal(pod.serviceAccountName, "spiffe-csi-driver");
   assert.equal(pod.automountServiceAccountToken, false);
@@ -431,10 +438,9 @@ Deno.test({
     const config = driverConfig(pod);
     const root = "/var/snap/microk8s/common/var/lib/kubelet";
     assert.equal(config.kubeletDir, root);
-    // The image is built with the same root (the build line in the kustomization).
-    const kustomization = await Deno.readTextFile(join(dir, "kustomization.yaml"));
-    assert.equal(/--build-arg KUBELET_DIR=(\S+)/.exec(kustomization)?.[1], root);
-    const set = permissionSet({ ...CONTAINER_PATHS, kubeletDir: root });
+    // The base's image serves it: its permission set has microk8s's kubelet root too.
+    assert.deepEqual(await ungrantedPaths(config, grantedBy(permissionSet())), []);
+    const set = permissionSet();
     const driver = container(pod, "spiffe-csi-driver");
     for (const mount of driver.volumeMounts as Doc[]) {
       assert.ok(
@@ -452,5 +458,134 @@ Deno.test({
     assert.equal(hostPathOf(pod, registrar, "/registration").host, `${root}/plugins_registry`);
     const leftovers = JSON.stringify(pod).match(/"\/var\/lib\/kubelet[^"]*"/g) ?? [];
     assert.deepEqual(leftovers, [], "a path still points at the default kubelet root");
+  },
+});
+
+/** A Deno.permissions.query stand-in that answers from `set`, as a process running under it would. */
+function grantedBy(
+  set: PermissionSet,
+): (d: Deno.PermissionDescriptor) => Promise<Deno.PermissionStatus> {
+  return (d) => {
+    const granted = d.name === "read" || d.name === "write"
+      ? set[d.name].some((entry) => within(String(d.path), entry))
+      : d.name === "net"
+      ? set.net.includes(String(d.host))
+      : d.name === "run"
+      ? set.run.includes(String(d.command))
+      : false;
+    return Promise.resolve({ state: granted ? "granted" : "prompt" } as Deno.PermissionStatus);
+  };
+}
+
+/** Every tree a user applies, built by kubectl kustomize: the three dirs and base + the component. */
+async function builtTrees(): Promise<Map<string, Doc[]>> {
+  const trees = new Map<string, Doc[]>();
+  for (const dir of ["base", "example", "microk8s"]) {
+    trees.set(dir, await kustomize(join(MANIFESTS, dir)));
+  }
+  const tmp = await Deno.makeTempDir({ prefix: "spiffe-csi-kustomize-" });
+  try {
+    // kustomize refuses absolute paths outside the root: link the manifests in.
+    await Deno.symlink(MANIFESTS, join(tmp, "manifests"));
+    await Deno.writeTextFile(
+      join(tmp, "kustomization.yaml"),
+      "resources: [manifests/base]\ncomponents: [manifests/components/node_critical]\n",
+    );
+    trees.set("base + components/node_critical", await kustomize(tmp));
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+  return trees;
+}
+
+function podTemplates(docs: Doc[]): { doc: Doc; pod: Doc }[] {
+  return docs.filter((d) => d.spec?.template?.spec).map((doc) => ({
+    doc,
+    pod: doc.spec.template.spec,
+  }));
+}
+
+Deno.test({
+  name: "manifests: a critical priority class outside kube-system always comes with its quota",
+  ignore: !(await hasKubectl()),
+  async fn() {
+    const trees = await builtTrees();
+    let critical = 0;
+    for (const [tree, docs] of trees) {
+      for (const { doc, pod } of podTemplates(docs)) {
+        const priority = pod.priorityClassName;
+        if (!/^system-(node|cluster)-critical$/.test(priority ?? "")) continue;
+        if (doc.metadata.namespace === "kube-system") continue;
+        critical++;
+        const quota = docs.find((d) =>
+          d.kind === "ResourceQuota" && d.metadata.namespace === doc.metadata.namespace &&
+          (d.spec.scopeSelector?.matchExpressions as Doc[] ?? []).some((e) =>
+            e.scopeName === "PriorityClass" && e.operator === "In" && e.values.includes(priority)
+          )
+        );
+        assert.ok(
+          quota,
+          `${tree}: ${doc.kind} ${doc.metadata.name} uses ${priority} without a quota`,
+        );
+      }
+    }
+    assert.ok(critical >= 3, "the component and the example use the class");
+    const base = trees.get("base") ?? [];
+    assert.equal(podTemplates(base)[0]?.pod.priorityClassName, undefined, "base: an option");
+  },
+});
+
+Deno.test({
+  name: "manifests: Pod Security admits the privileged driver in its namespace",
+  ignore: !(await hasKubectl()),
+  async fn() {
+    for (const [tree, docs] of await builtTrees()) {
+      for (const { doc, pod } of podTemplates(docs)) {
+        const privileged = (pod.containers as Doc[]).some((c) => c.securityContext?.privileged);
+        if (!privileged) continue;
+        const ns = docs.find((d) =>
+          d.kind === "Namespace" && d.metadata.name === doc.metadata.namespace
+        );
+        assert.equal(
+          ns?.metadata.labels?.["pod-security.kubernetes.io/enforce"],
+          "privileged",
+          `${tree}: namespace ${doc.metadata.namespace} of ${doc.metadata.name}`,
+        );
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "manifests: every tree runs the base's image, whose permission set serves its driver args",
+  ignore: !(await hasKubectl()),
+  async fn() {
+    const trees = await builtTrees();
+    const driverPod = (docs: Doc[]): Doc => {
+      const ds = docs.find((d) =>
+        d.kind === "DaemonSet" && d.metadata.name === "spiffe-csi-driver"
+      );
+      assert.ok(ds);
+      return ds.spec.template.spec;
+    };
+    const image = (docs: Doc[]) => container(driverPod(docs), "spiffe-csi-driver").image;
+    const baseImage = image(trees.get("base") ?? []);
+    for (const [tree, docs] of trees) {
+      assert.equal(image(docs), baseImage, `${tree} runs another image`);
+      const pod = driverPod(docs);
+      assert.deepEqual(
+        await ungrantedPaths(driverConfig(pod), grantedBy(permissionSet())),
+        [],
+        tree,
+      );
+    }
+    // So setting the image once, in the base, is enough: no overlay names an image of its own.
+    for (const file of await yamlFiles(MANIFESTS)) {
+      for (const doc of await load(file)) {
+        if (doc.kind === "Kustomization" && !file.includes("/manifests/base/")) {
+          assert.equal(doc.images, undefined, `${file} sets an image`);
+        }
+      }
+    }
   },
 });

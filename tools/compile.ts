@@ -8,12 +8,7 @@
  * (no internet), this task stops with one line saying so and exits non-zero: it never substitutes
  * another runtime.
  */
-import {
-  CONTAINER_PATHS,
-  type DriverPaths,
-  permissionFlags,
-  V8_FLAGS,
-} from "../lib/permissions.ts";
+import { type DriverPaths, permissionFlags, V8_FLAGS } from "../lib/permissions.ts";
 
 /** The Linux targets the driver is built for. */
 export const TARGETS = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"] as const;
@@ -39,10 +34,10 @@ export function outputPath(target: Target): string {
 
 /**
  * Arguments for `deno` that compile the driver for `target` (pure, so a test can check them). The
- * permission set is the container layout's, with kubelet's root changed where it is not
- * /var/lib/kubelet (microk8s, k0s).
+ * permission set is the image's: every well-known container layout, or only the kubelet root given
+ * in `paths` for a kubelet that is none of the well-known ones.
  */
-export function compileArgs(target: Target, paths: DriverPaths = CONTAINER_PATHS): string[] {
+export function compileArgs(target: Target, paths: Partial<DriverPaths> = {}): string[] {
   return [
     "compile",
     // --v8-flags also limits the compiling process, and type checking needs more than 64 MB of
@@ -67,14 +62,17 @@ export function checkArgs(): string[] {
 /** What the compile task was asked to build. */
 export interface CompileOptions {
   targets: Target[];
-  /** The container paths the binary's permission set allows. */
-  paths: DriverPaths;
+  /** Container paths that replace the well-known ones in the binary's permission set. */
+  paths: Partial<DriverPaths>;
 }
 
-/** Parses the task's own arguments (`--target`, `--kubelet-dir`); throws RangeError on a bad one. */
+/**
+ * Parses the task's own arguments (`--target`, and `--kubelet-dir` for a kubelet root that is none
+ * of the well-known ones: the binary then allows only that root); throws RangeError on a bad one.
+ */
 export function parseCompileOptions(args: string[]): CompileOptions {
   let wanted = "all";
-  let kubeletDir = CONTAINER_PATHS.kubeletDir;
+  let kubeletDir: string | undefined;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] as string;
     const [name, inline] = arg.startsWith("--") && arg.includes("=")
@@ -89,10 +87,13 @@ export function parseCompileOptions(args: string[]): CompileOptions {
     else if (name === "--kubelet-dir") kubeletDir = value();
     else throw new RangeError(`Unexpected argument: ${arg}`);
   }
-  if (!/^\/[^,\0\n]*[^/]$/.test(kubeletDir) || kubeletDir.split("/").includes("..")) {
+  if (
+    kubeletDir !== undefined &&
+    (!/^\/[^,\0\n]*[^/]$/.test(kubeletDir) || kubeletDir.split("/").includes(".."))
+  ) {
     throw new RangeError(`--kubelet-dir must be an absolute path: ${kubeletDir}`);
   }
-  const paths = { ...CONTAINER_PATHS, kubeletDir };
+  const paths = kubeletDir === undefined ? {} : { kubeletDir };
   if (wanted === "all") return { targets: [...TARGETS], paths };
   for (const target of TARGETS) {
     if (wanted === target || wanted === TARGET_ARCH[target]) return { targets: [target], paths };
@@ -122,7 +123,7 @@ async function typeCheck(): Promise<number> {
   return status.success ? 0 : 1;
 }
 
-async function compile(target: Target, paths: DriverPaths): Promise<number> {
+async function compile(target: Target, paths: Partial<DriverPaths>): Promise<number> {
   const output = await new Deno.Command("deno", {
     args: compileArgs(target, paths),
     cwd: new URL("..", import.meta.url),

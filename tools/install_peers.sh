@@ -37,3 +37,9 @@ if [ ! -x "$BIN/spire-server" ] || [ ! -x "$BIN/spire-agent" ]; then
   )
   rm -rf "$MOD"
 fi
+
+# grpcurl: the generic client README's copy-paste example uses (tests/docs_test.ts runs it).
+if [ ! -x "$BIN/grpcurl" ]; then
+  echo "building grpcurl v1.9.3" >&2
+  go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+fi

@@ -6,7 +6,7 @@
 import { ConfigError, parseInvocation } from "../lib/config.ts";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { driverRunArgs } from "../lib/permissions.ts";
+import { driverRunArgs, permissionFlags } from "../lib/permissions.ts";
 
 const entry = fileURLToPath(new URL("../main.ts", import.meta.url));
 let invocation;
@@ -23,7 +23,8 @@ try {
 
 let args: string[];
 if (invocation.command === "help" || invocation.command === "version") {
-  args = ["run", "--no-prompt", entry, ...Deno.args];
+  // No paths to re-target: the image's set, which lets grpc-js read its GRPC_* variables at load.
+  args = ["run", ...permissionFlags(), entry, ...Deno.args];
 } else {
   const { config } = invocation;
   // A local convenience for running the driver; diagnose must see the node as it is.
