@@ -92,7 +92,12 @@ Deno.test("containerLayouts() refuses a declared set whose roles it cannot tell"
 });
 
 Deno.test("ungrantedPaths() names each configured path the running set does not grant, with its flag", async () => {
-  const granted = new Set(["/spire-agent-socket", "unix:/spiffe-csi/csi.sock", "/usr/bin/mount"]);
+  const granted = new Set([
+    "/spire-agent-socket",
+    "unix:/spiffe-csi/csi.sock",
+    "/usr/bin/mount",
+    "/run/spiffe-csi-driver/cwd",
+  ]);
   const asked: Deno.PermissionDescriptor[] = [];
   const query = (d: Deno.PermissionDescriptor) => {
     asked.push(d);
