@@ -22,6 +22,8 @@ export interface DriverPaths {
   umountPath: string;
   /** Names of the Workload API sockets the driver may connect to (health checks). */
   socketNames: string[];
+  /** Built-in registration's socket (`<plugin-registration-path>/<plugin-name>-reg.sock`); unset: none. */
+  registrationSocketPath?: string;
 }
 
 /** A permission set: allowlists by kind, as in deno.json. */
@@ -42,6 +44,7 @@ export const CONTAINER_PATHS: Readonly<DriverPaths> = Object.freeze({
   mountPath: "/usr/bin/mount",
   umountPath: "/usr/bin/umount",
   socketNames: ["api.sock", "spire-agent.sock", "agent.sock"],
+  registrationSocketPath: "/registration/csi.spiffe.io-reg.sock",
 });
 
 /** The permission set as written in deno.json, for the container layout. */
@@ -59,12 +62,12 @@ export function declaredPermissionSet(): PermissionSet {
 /** The driver's permission set re-targeted to `paths`. */
 export function permissionSet(paths: DriverPaths): PermissionSet {
   const keys = Object.keys(CONTAINER_PATHS) as (keyof DriverPaths)[];
-  for (const value of keys.flatMap((key) => paths[key])) {
+  for (const value of keys.flatMap((key) => paths[key] ?? [])) {
     if (value.includes(",")) {
       throw new RangeError(`permission paths must not contain a comma: ${value}`);
     }
   }
-  const declared = declaredPermissionSet();
+  const declared = withRegistration(declaredPermissionSet(), paths.registrationSocketPath);
   const retarget = (entry: string) => retargetPath(entry, paths);
   return {
     read: declared.read.map(retarget),
@@ -108,6 +111,20 @@ export function driverRunArgs(config: Config, entry: string, extraArgs: string[]
   ];
 }
 
+// The registration socket is granted only to a driver that serves built-in registration.
+function withRegistration(set: PermissionSet, socketPath: string | undefined): PermissionSet {
+  if (socketPath !== undefined) return set;
+  const declared = CONTAINER_PATHS.registrationSocketPath;
+  const keep = (entry: string) => entry !== declared && entry !== `unix:${declared}`;
+  return {
+    read: set.read.filter(keep),
+    write: set.write.filter(keep),
+    net: set.net.filter(keep),
+    env: set.env,
+    run: set.run,
+  };
+}
+
 function retargetPath(entry: string, paths: DriverPaths): string {
   const pairs: [string, string][] = [
     [CONTAINER_PATHS.csiSocketPath, paths.csiSocketPath],
@@ -116,6 +133,9 @@ function retargetPath(entry: string, paths: DriverPaths): string {
     [CONTAINER_PATHS.mountPath, paths.mountPath],
     [CONTAINER_PATHS.umountPath, paths.umountPath],
   ];
+  if (CONTAINER_PATHS.registrationSocketPath && paths.registrationSocketPath) {
+    pairs.push([CONTAINER_PATHS.registrationSocketPath, paths.registrationSocketPath]);
+  }
   for (const [from, to] of pairs) {
     if (entry === from) return to;
     if (entry.startsWith(`${from}/`)) return to.replace(/\/+$/, "") + entry.slice(from.length);

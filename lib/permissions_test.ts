@@ -10,12 +10,17 @@ import {
 
 const PROBE = fileURLToPath(new URL("../tests/fixtures/sandbox_probe.ts", import.meta.url));
 
-Deno.test("the permission set allows only mount/umount, the socket dir, the CSI socket and kubelet's pods dir", () => {
+Deno.test("the permission set allows only mount/umount, the socket dir, the CSI socket, kubelet's pods dir and the registration socket", () => {
   const set = declaredPermissionSet();
   assert.deepEqual(set.run, ["/usr/bin/mount", "/usr/bin/umount"]);
-  assert.deepEqual(set.net, ["unix:/spiffe-csi/csi.sock", "unix:/spiffe-workload-api/*"]);
+  assert.deepEqual(set.net, [
+    "unix:/spiffe-csi/csi.sock",
+    "unix:/spiffe-workload-api/*",
+    "unix:/registration/csi.spiffe.io-reg.sock",
+  ]);
   assert.deepEqual(set.env, ["GRPC_*", "MY_NODE_NAME"]);
   assert.deepEqual(set.write.sort(), [
+    "/registration/csi.spiffe.io-reg.sock",
     "/spiffe-csi/csi.sock",
     "/spiffe-workload-api",
     "/var/lib/kubelet/pods",

@@ -2,6 +2,7 @@
 import { fromJSON } from "@grpc/proto-loader";
 import { loadPackageDefinition, type ServiceClientConstructor } from "@grpc/grpc-js";
 import csiJson from "./csi_proto.json" with { type: "json" };
+import registrationJson from "./registration_proto.json" with { type: "json" };
 
 /** Decoding options shared by the server and the test clients. */
 export const LOADER_OPTIONS = {
@@ -25,4 +26,18 @@ export function loadCsi(): CsiPackage {
   // deno-lint-ignore no-explicit-any
   const pkg = loadPackageDefinition(definition) as any;
   return pkg.csi.v1 as CsiPackage;
+}
+
+/** The `pluginregistration` package: kubelet's plugin registration service. */
+export interface RegistrationPackage {
+  Registration: ServiceClientConstructor;
+}
+
+/** Loads kubelet's plugin registration package from the embedded descriptor. */
+export function loadRegistration(): RegistrationPackage {
+  // deno-lint-ignore no-explicit-any
+  const definition = fromJSON(registrationJson as any, LOADER_OPTIONS);
+  // deno-lint-ignore no-explicit-any
+  const pkg = loadPackageDefinition(definition) as any;
+  return pkg.pluginregistration as RegistrationPackage;
 }

@@ -1,10 +1,11 @@
 /** The gRPC server on the CSI Unix socket: wraps every handler once, maps errors once, logs every RPC. */
 import * as grpc from "@grpc/grpc-js";
-import { loadCsi } from "./proto.ts";
+import { loadCsi, loadRegistration } from "./proto.ts";
 import { CsiError, errorMessage, toRpcStatus } from "./csi/errors.ts";
 import { KEYS, type Logger } from "./log.ts";
 import type { IdentityService } from "./csi/identity.ts";
 import type { NodeService } from "./csi/node.ts";
+import type { RegistrationService } from "./registration.ts";
 
 /** Options for createServer. */
 export interface ServerOptions {
@@ -95,6 +96,17 @@ export function createServer(options: ServerOptions): grpc.Server {
     implementation(csi.Identity.service, options.identity, options.log),
   );
   server.addService(csi.Node.service, implementation(csi.Node.service, options.node, options.log));
+  return server;
+}
+
+/** Builds the gRPC server serving kubelet's plugin registration (built-in registration). */
+export function createRegistrationServer(
+  registration: RegistrationService,
+  log: Logger,
+): grpc.Server {
+  const service = loadRegistration().Registration.service;
+  const server = new grpc.Server({ "grpc.max_receive_message_length": 64 * 1024 });
+  server.addService(service, implementation(service, registration, log));
   return server;
 }
 

@@ -257,7 +257,9 @@ Deno.test("compile task: --kubelet-dir re-targets only the pods dir of the permi
   assert.deepEqual(paths, { ...CONTAINER_PATHS, kubeletDir: microk8s });
   const args = compileArgs("x86_64-unknown-linux-gnu", paths);
   assert.ok(
-    args.includes(`--allow-write=/spiffe-workload-api,/spiffe-csi/csi.sock,${microk8s}/pods`),
+    args.includes(
+      `--allow-write=/spiffe-workload-api,/spiffe-csi/csi.sock,${microk8s}/pods,/registration/csi.spiffe.io-reg.sock`,
+    ),
   );
   const allowed = args.filter((a) => a.startsWith("--allow-")).flatMap((a) =>
     a.slice(a.indexOf("=") + 1).split(",")
