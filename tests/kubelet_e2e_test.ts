@@ -294,7 +294,10 @@ test("1. built-in registration puts the driver in the CSINode object with its no
   }, 60_000);
   assert.equal(entry.nodeID, NODE);
   assert.ok((await Deno.lstat(registration)).isSocket);
-  assert.match(r.driver?.logs() ?? "", /Registered with kubelet/);
+  // kubelet updates CSINode before it reports the outcome to the driver.
+  await waitFor("kubelet's NotifyRegistrationStatus(true) in the driver's log", async () => {
+    return /Registered with kubelet/.test(r.driver?.logs() ?? "") ? true : undefined;
+  });
 
   // The driver stopping removes its registration socket, and kubelet drops it from CSINode.
   await r.stopDriver("SIGTERM");
