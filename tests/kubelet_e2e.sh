@@ -53,4 +53,13 @@ for dir in /sys/fs/cgroup/*/spiffe-csi-rig-*; do
   find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
   rc=1
 done
+# Outside the namespaces: no mount and no process of the rig may be visible on the machine.
+if grep -E ' (/tmp/spiffe-csi-kubelet-|/run/containerd|/var/log/containers|/var/log/pods)' /proc/self/mountinfo >&2; then
+  echo "kubelet-e2e: the rig's mounts reached the machine's mount table" >&2
+  rc=1
+fi
+if pgrep -f spiffe-csi-kubelet- >&2; then
+  echo "kubelet-e2e: processes of the rig are still running" >&2
+  rc=1
+fi
 exit $rc

@@ -295,8 +295,8 @@ test("1. built-in registration puts the driver in the CSINode object with its no
   assert.equal(entry.nodeID, NODE);
   assert.ok((await Deno.lstat(registration)).isSocket);
   // kubelet updates CSINode before it reports the outcome to the driver.
-  await waitFor("kubelet's NotifyRegistrationStatus(true) in the driver's log", async () => {
-    return /Registered with kubelet/.test(r.driver?.logs() ?? "") ? true : undefined;
+  await waitFor("kubelet's NotifyRegistrationStatus(true) in the driver's log", () => {
+    return Promise.resolve(/Registered with kubelet/.test(r.driver?.logs() ?? "") || undefined);
   });
 
   // The driver stopping removes its registration socket, and kubelet drops it from CSINode.
@@ -558,9 +558,9 @@ test("stats: what kubelet does with NodeGetVolumeStats and the volume condition"
   const uid = running.get(`${POD_A.namespace}/${POD_A.name}`) as string;
   // kubelet's stats provider calls NodeGetVolumeStats for the volume (volumeStatsAggPeriod 5 s).
   const before = (r.driver?.logs().match(/NodeGetVolumeStats/g) ?? []).length;
-  await waitFor("a NodeGetVolumeStats call from kubelet", async () => {
+  await waitFor("a NodeGetVolumeStats call from kubelet", () => {
     const now = (r.driver?.logs().match(/NodeGetVolumeStats/g) ?? []).length;
-    return now > before ? true : undefined;
+    return Promise.resolve(now > before || undefined);
   }, 60_000);
   const volume = await waitFor("the volume in kubelet's /stats/summary", async () => {
     const response = await fetch(`${r.kubeletReadOnlyUrl}/stats/summary`);
