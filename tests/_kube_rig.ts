@@ -52,9 +52,8 @@ export async function captureHost(): Promise<HostState> {
   return { sysctls, cgroups: cgroups.sort(), dirs };
 }
 
-/** The differences between `before` and the machine now (empty: as found). */
-export async function compareHost(before: HostState): Promise<string[]> {
-  const now = await captureHost();
+/** The differences between `before` and `now` (empty: as found). */
+export function compareHost(before: HostState, now: HostState): string[] {
   const problems: string[] = [];
   for (const [name, value] of Object.entries(before.sysctls)) {
     if (now.sysctls[name] !== value) {
