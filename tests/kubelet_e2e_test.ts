@@ -454,6 +454,7 @@ test("4. deleting a pod unpublishes: nothing mounted, the target directory gone"
 
 test("5. kubelet restarted while pods run: they keep fetching, one mount layer per target", async (r) => {
   const containers = await containerIds(r, [POD_A, POD_B]);
+  const logBefore = r.driver?.logs().length ?? 0;
   await r.stopKubelet();
   const since = nowSeconds();
   await r.startKubelet();
@@ -462,8 +463,19 @@ test("5. kubelet restarted while pods run: they keep fetching, one mount layer p
     await waitFetched(r, ref, uid, since + 1);
     await waitRunning(r, ref);
   }
-  // Give kubelet's volume manager time to reconstruct and reconcile: poll the layer count for a
-  // while; it must stay exactly one the whole time.
+  // kubelet reconstructs its volumes and sets each up again: a NodePublishVolume per target, which
+  // the driver answers without stacking a second mount.
+  for (const ref of [POD_A, POD_B]) {
+    const target = targetOf(r, running.get(`${ref.namespace}/${ref.name}`) as string);
+    await waitFor(`kubelet to publish ${ref.name}'s volume again`, () => {
+      const since = r.driver?.logs().slice(logBefore) ?? "";
+      const again = since.split("\n").some((line) =>
+        line.includes("NodePublishVolume") && line.includes(target) && line.includes('"OK"')
+      );
+      return Promise.resolve(again || undefined);
+    }, 60_000);
+  }
+  // And for a while after that the layer count stays exactly one.
   const until = Date.now() + 15_000;
   while (Date.now() < until) {
     for (const ref of [POD_A, POD_B]) {
