@@ -1,5 +1,6 @@
 /** A small Kubernetes API client for the kubelet rig: HTTPS to kube-apiserver on loopback, X.509 auth. */
 
+/** A Kubernetes object or list, as JSON. */
 // deno-lint-ignore no-explicit-any
 export type Obj = Record<string, any>;
 
