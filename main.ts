@@ -4,7 +4,8 @@ import { setupLogging } from "./lib/log.ts";
 import { SystemMounter } from "./lib/mount.ts";
 import { createIdentityService } from "./lib/csi/identity.ts";
 import { createNodeService } from "./lib/csi/node.ts";
-import { createServer, listen, shutdown } from "./lib/server.ts";
+import { createRegistrationServer, createServer, listen, shutdown } from "./lib/server.ts";
+import { createRegistrationService } from "./lib/registration.ts";
 import { acceptsConnection } from "./lib/socket_dir.ts";
 import { socketDirReadiness } from "./lib/readiness.ts";
 import { routeGrpcLogs } from "./lib/grpc_log.ts";
@@ -99,15 +100,64 @@ async function main(args: string[]): Promise<number> {
     error,
   ) => log.warn("Stacked mount audit failed: {error}", { error: String(error) }));
 
-  const signal = await new Promise<string>((resolve) => {
+  let refuse: (error: string) => void = () => {};
+  const stop = new Promise<{ signal: string } | { refused: string }>((resolve) => {
     for (const name of ["SIGTERM", "SIGINT"] as const) {
-      Deno.addSignalListener(name, () => resolve(name));
+      Deno.addSignalListener(name, () => resolve({ signal: name }));
     }
+    refuse = (error) => resolve({ refused: error });
   });
-  log.info("Received {signal}: draining in-flight calls", { signal });
+
+  // Built-in registration (instead of node-driver-registrar): served once CSI answers, so kubelet's
+  // NodeGetInfo right after GetInfo succeeds.
+  const registrationSocket = config.registrationSocketPath;
+  let registration;
+  if (config.kubeletRegistrationPath !== undefined && registrationSocket !== undefined) {
+    registration = createRegistrationServer(
+      createRegistrationService({
+        pluginName: config.pluginName,
+        endpoint: config.kubeletRegistrationPath,
+        onStatus: ({ registered, error }) => {
+          if (registered) log.info("Registered with kubelet as {plugin_name}", fieldsOf(config));
+          else refuse(error);
+        },
+      }),
+      log,
+    );
+    try {
+      await listen(registration, registrationSocket);
+      await Deno.chmod(registrationSocket, 0o600);
+    } catch (error) {
+      log.error("Cannot serve registration on {registration_socket}: {error}", {
+        registration_socket: registrationSocket,
+        error: errorMessage(error),
+      });
+      await shutdown(server, config.csiSocketPath, SHUTDOWN_GRACE_MS);
+      return 1;
+    }
+    log.info("Serving kubelet plugin registration on {registration_socket}", {
+      registration_socket: registrationSocket,
+      kubelet_registration_path: config.kubeletRegistrationPath,
+    });
+  }
+
+  const reason = await stop;
+  if ("refused" in reason) {
+    // As node-driver-registrar: a refused registration ends the process, so the pod restarts.
+    log.error("kubelet refused the registration: {error}", { error: reason.refused });
+  } else {
+    log.info("Received {signal}: draining in-flight calls", { signal: reason.signal });
+  }
+  if (registration && registrationSocket !== undefined) {
+    await shutdown(registration, registrationSocket, SHUTDOWN_GRACE_MS);
+  }
   await shutdown(server, config.csiSocketPath, SHUTDOWN_GRACE_MS);
   log.info("Stopped; published volumes stay mounted");
-  return 0;
+  return "refused" in reason ? 1 : 0;
+}
+
+function fieldsOf(config: { pluginName: string; nodeId: string }): Record<string, string> {
+  return { plugin_name: config.pluginName, node_id: config.nodeId };
 }
 
 function writeLine(stream: { writeSync(data: Uint8Array): number }, text: string): void {

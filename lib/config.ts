@@ -1,6 +1,6 @@
 /** Command-line flags and environment -> Config. Pure: no I/O beyond what the caller passes in. */
 import { parseArgs } from "node:util";
-import { isAbsolute, resolve } from "node:path";
+import { dirname, isAbsolute, resolve } from "node:path";
 import denoConfig from "../deno.json" with { type: "json" };
 import type { DriverPaths } from "./permissions.ts";
 
@@ -30,6 +30,8 @@ export interface Config extends DriverPaths {
   logLevel: LogLevel;
   logFormat: LogFormat;
   pruneStackedMounts: boolean;
+  /** Built-in registration: the host path of the CSI socket kubelet dials (unset: no registration). */
+  kubeletRegistrationPath?: string;
 }
 
 /** What the command line asks for. */
@@ -110,6 +112,17 @@ const FLAGS: Record<string, FlagSpec> = {
     default: "/run/spiffe-csi-driver/cwd",
     help:
       "A symlink to /proc/self/cwd: the driver's race-free way to its pinned directory (the image ships it)",
+  },
+  "kubelet-registration-path": {
+    type: "string",
+    help:
+      "Serve kubelet's plugin registration with this host path of the CSI socket as the endpoint (as node-driver-registrar's flag); unset: no built-in registration",
+  },
+  "plugin-registration-path": {
+    type: "string",
+    default: "/registration",
+    help:
+      "Directory kubelet watches for registration sockets; the driver serves <dir>/<plugin-name>-reg.sock",
   },
   "registration-dir": {
     type: "string",
@@ -208,6 +221,18 @@ export function parseInvocation(args: string[], options: ParseOptions = {}): Inv
     logFormat: oneOf("log-format", str("log-format"), LOG_FORMATS),
     pruneStackedMounts: values["prune-stacked-mounts"] === true,
   };
+  const kubeletRegistrationPath = str("kubelet-registration-path");
+  if (kubeletRegistrationPath !== undefined && kubeletRegistrationPath !== "") {
+    config.kubeletRegistrationPath = absolutePath(
+      "kubelet-registration-path",
+      kubeletRegistrationPath,
+      undefined,
+    );
+    config.registrationSocketPath = registrationSocketPath(
+      path("plugin-registration-path"),
+      pluginName,
+    );
+  }
   if (subcommand === "diagnose") {
     const registration = str("registration-dir");
     return {
@@ -238,7 +263,18 @@ export function configToArgs(config: Config): string[] {
     `-log-format=${config.logFormat}`,
   ];
   if (config.pruneStackedMounts) args.push("-prune-stacked-mounts");
+  if (config.kubeletRegistrationPath !== undefined && config.registrationSocketPath !== undefined) {
+    args.push(
+      `-kubelet-registration-path=${config.kubeletRegistrationPath}`,
+      `-plugin-registration-path=${dirname(config.registrationSocketPath)}`,
+    );
+  }
   return args;
+}
+
+/** The registration socket kubelet's plugin watcher finds: `<dir>/<plugin-name>-reg.sock`. */
+export function registrationSocketPath(dir: string, pluginName: string): string {
+  return `${dir.replace(/\/+$/, "")}/${pluginName}-reg.sock`;
 }
 
 // Go's flag package takes one or two dashes; node's parseArgs wants two for long names.

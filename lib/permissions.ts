@@ -3,8 +3,9 @@
  * container layouts the image serves: each path there is one of the well-known places for a role
  * (our Workload API dir and upstream's, kubelet's root on plain Kubernetes, microk8s and k0s). The
  * role of an entry is read from its shape: `unix:<dir>/*` names a Workload API socket dir, another
- * `unix:` entry the CSI socket, `<root>/pods` a kubelet root, `<dir>/cwd` the -cwd-link, and the
- * `run` entries are mount and umount by file name. Every set the driver runs under derives from it: the image's keeps every
+ * `unix:` entry the CSI socket (or, named `*-reg.sock`, built-in registration's socket), `<root>/pods`
+ * a kubelet root, `<dir>/cwd` the -cwd-link, and the `run` entries are mount and umount by file
+ * name. Every set the driver runs under derives from it: the image's keeps every
  * alternative; a set for configured paths (the start task, the tests) replaces all alternatives of
  * a role by the one configured path, so it is as tight as the configuration.
  */
@@ -29,6 +30,8 @@ export interface DriverPaths {
   socketNames: string[];
   /** The symlink to /proc/self/cwd the driver reaches its pinned directory through. */
   cwdLink: string;
+  /** Built-in registration's socket (`<plugin-registration-path>/<plugin-name>-reg.sock`); unset: none. */
+  registrationSocketPath?: string;
 }
 
 /** A permission set: allowlists by kind, as in deno.json. */
@@ -56,6 +59,7 @@ const ROLE_FLAGS: Record<Exclude<Role, "fixed">, string> = {
   mountPath: "-mount-path",
   umountPath: "-umount-path",
   cwdLink: "-cwd-link",
+  registrationSocketPath: "-plugin-registration-path",
 };
 
 /** One entry of a permission set, with the role it plays. */
@@ -86,6 +90,7 @@ export interface ContainerLayouts {
   mountPath: string;
   umountPath: string;
   cwdLink: string;
+  registrationSocketPath: string;
 }
 
 /** The container paths a declared set (deno.json's by default) is written for, read from the set. */
@@ -107,6 +112,7 @@ export function containerLayouts(set: PermissionSet = declaredPermissionSet()): 
     mountPath: one("mountPath"),
     umountPath: one("umountPath"),
     cwdLink: one("cwdLink"),
+    registrationSocketPath: one("registrationSocketPath"),
   };
 }
 
@@ -124,6 +130,7 @@ function baseLayout(): DriverPaths {
     umountPath: layouts.umountPath,
     socketNames: [...DEFAULT_SOCKET_NAMES],
     cwdLink: layouts.cwdLink,
+    registrationSocketPath: layouts.registrationSocketPath,
   };
 }
 
@@ -209,7 +216,9 @@ function descriptor({ kind, value }: Grant): Deno.PermissionDescriptor {
 /** A declared set's entries with their roles; throws on an entry whose role is unknown. */
 function declaredGrants(set: PermissionSet): Grant[] {
   const socketDirs = set.net.filter((e) => /^unix:\/.*\/\*$/.test(e)).map((e) => e.slice(5, -2));
-  const csiSockets = set.net.filter((e) => /^unix:\/.*[^*]$/.test(e)).map((e) => e.slice(5));
+  const registration = (path: string) => path.endsWith("-reg.sock");
+  const csiSockets = set.net.filter((e) => /^unix:\/.*[^*]$/.test(e)).map((e) => e.slice(5))
+    .filter((path) => !registration(path));
   // Each socket dir is listed and connected to, the CSI socket created and served: every path
   // with a net entry needs read and write too, and read and write name the same paths.
   for (const path of [...socketDirs, ...csiSockets, ...set.read, ...set.write]) {
@@ -220,7 +229,9 @@ function declaredGrants(set: PermissionSet): Grant[] {
   const out: Grant[] = [];
   for (const kind of ["read", "write"] as const) {
     for (const value of set[kind]) {
-      const role: Role | undefined = socketDirs.includes(value)
+      const role: Role | undefined = registration(value)
+        ? "registrationSocketPath"
+        : socketDirs.includes(value)
         ? "socketDir"
         : csiSockets.includes(value)
         ? "csiSocketPath"
@@ -243,9 +254,11 @@ function declaredGrants(set: PermissionSet): Grant[] {
     }
     const path = value.slice(5);
     out.push(
-      path.endsWith("/*")
-        ? { kind: "net", role: "socket", value: path.slice(0, -2) }
-        : { kind: "net", role: "csiSocketPath", value: path },
+      path.endsWith("/*") ? { kind: "net", role: "socket", value: path.slice(0, -2) } : {
+        kind: "net",
+        role: registration(path) ? "registrationSocketPath" : "csiSocketPath",
+        value: path,
+      },
     );
   }
   for (const value of set.env) {
@@ -278,6 +291,11 @@ function grants(paths: Partial<DriverPaths>): Grant[] {
       const dir = (paths.socketDir ?? grant.value).replace(/\/+$/, "");
       return names.map((name) => ({ kind, role, value: `unix:${dir}/${name}` }));
     }
+    // Built-in registration's socket is granted to a configured driver only when it serves it.
+    if (
+      role === "registrationSocketPath" && paths.csiSocketPath !== undefined &&
+      paths.registrationSocketPath === undefined
+    ) return [];
     const value = paths[role] ?? grant.value;
     if (role === "kubeletDir") return [{ kind, role, value: `${value.replace(/\/+$/, "")}/pods` }];
     return [{ kind, role, value: kind === "net" ? `unix:${value}` : value }];

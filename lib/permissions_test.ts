@@ -19,13 +19,14 @@ const PODS_DIRS = [
   "/var/lib/k0s/kubelet/pods",
 ];
 
-Deno.test("the permission set allows only mount/umount, the socket dirs, the CSI socket, kubelet's pods dirs and the cwd link", () => {
+Deno.test("the permission set allows only mount/umount, the socket dirs, the CSI socket, kubelet's pods dirs, the cwd link and the registration socket", () => {
   const set = declaredPermissionSet();
   assert.deepEqual(set.run, ["/usr/bin/mount", "/usr/bin/umount"]);
   assert.deepEqual(set.net, [
     "unix:/spiffe-csi/csi.sock",
     "unix:/spiffe-workload-api/*",
     "unix:/spire-agent-socket/*",
+    "unix:/registration/csi.spiffe.io-reg.sock",
   ]);
   assert.deepEqual(set.env, ["GRPC_*", "MY_NODE_NAME"]);
   assert.deepEqual(
@@ -36,6 +37,7 @@ Deno.test("the permission set allows only mount/umount, the socket dirs, the CSI
       "/spire-agent-socket",
       ...PODS_DIRS,
       "/run/spiffe-csi-driver/cwd",
+      "/registration/csi.spiffe.io-reg.sock",
     ].sort(),
   );
   assert.deepEqual(set.read.sort(), set.write.sort());
@@ -54,6 +56,7 @@ Deno.test("the image's set serves our layout, upstream's and every well-known ku
     mountPath: "/usr/bin/mount",
     umountPath: "/usr/bin/umount",
     cwdLink: "/run/spiffe-csi-driver/cwd",
+    registrationSocketPath: "/registration/csi.spiffe.io-reg.sock",
   });
   const image = permissionSet();
   const dirs = ["/spiffe-workload-api", "/spire-agent-socket"];

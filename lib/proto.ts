@@ -3,6 +3,7 @@ import { fromJSON } from "@grpc/proto-loader";
 import { loadPackageDefinition, type ServiceClientConstructor } from "@grpc/grpc-js";
 import protobuf from "protobufjs";
 import csiJson from "./csi_proto.json" with { type: "json" };
+import registrationJson from "./registration_proto.json" with { type: "json" };
 
 /** Decoding options shared by the server and the test clients. */
 export const LOADER_OPTIONS = {
@@ -113,4 +114,18 @@ function isUtf8(bytes: Uint8Array): boolean {
   } catch {
     return false;
   }
+}
+
+/** The `pluginregistration` package: kubelet's plugin registration service. */
+export interface RegistrationPackage {
+  Registration: ServiceClientConstructor;
+}
+
+/** Loads kubelet's plugin registration package from the embedded descriptor. */
+export function loadRegistration(): RegistrationPackage {
+  // deno-lint-ignore no-explicit-any
+  const definition = fromJSON(registrationJson as any, LOADER_OPTIONS);
+  // deno-lint-ignore no-explicit-any
+  const pkg = loadPackageDefinition(definition) as any;
+  return pkg.pluginregistration as RegistrationPackage;
 }

@@ -1,11 +1,44 @@
 import assert from "node:assert/strict";
 import protobuf from "protobufjs";
 import embedded from "./csi_proto.json" with { type: "json" };
-import { PROTO_FILE, protoToJson } from "./proto_json.ts";
-import { invalidUtf8Field, loadCsi, requestTypes } from "./proto.ts";
+import registrationEmbedded from "./registration_proto.json" with { type: "json" };
+import { PROTO_FILE, protoToJson, REGISTRATION_PROTO_FILE } from "./proto_json.ts";
+import { invalidUtf8Field, loadCsi, loadRegistration, requestTypes } from "./proto.ts";
 
 Deno.test("lib/csi_proto.json is up to date with proto/csi.proto (run deno task gen-proto)", async () => {
   assert.deepEqual(embedded, protoToJson(await Deno.readTextFile(PROTO_FILE)));
+});
+
+Deno.test("lib/registration_proto.json is up to date with proto/pluginregistration.proto", async () => {
+  assert.deepEqual(
+    registrationEmbedded,
+    protoToJson(await Deno.readTextFile(REGISTRATION_PROTO_FILE)),
+  );
+});
+
+Deno.test("the registration proto has kubelet's paths and field numbers", () => {
+  const service = loadRegistration().Registration.service;
+  assert.equal(service.GetInfo?.path, "/pluginregistration.Registration/GetInfo");
+  assert.equal(
+    service.NotifyRegistrationStatus?.path,
+    "/pluginregistration.Registration/NotifyRegistrationStatus",
+  );
+  const root = protobuf.Root.fromJSON(registrationEmbedded as protobuf.INamespace);
+  const info = root.lookupType("pluginregistration.PluginInfo");
+  assert.deepEqual(
+    Object.values(info.fields).map((f) => [f.name, f.id, f.type, f.repeated]),
+    [
+      ["type", 1, "string", false],
+      ["name", 2, "string", false],
+      ["endpoint", 3, "string", false],
+      ["supported_versions", 4, "string", true],
+    ],
+  );
+  const status = root.lookupType("pluginregistration.RegistrationStatus");
+  assert.deepEqual(
+    Object.values(status.fields).map((f) => [f.name, f.id, f.type]),
+    [["plugin_registered", 1, "bool"], ["error", 2, "string"]],
+  );
 });
 
 Deno.test("the embedded proto serves Identity and Node with the spec's methods", () => {

@@ -2,11 +2,12 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Buffer } from "node:buffer";
 import type protobuf from "protobufjs";
-import { invalidUtf8Field, loadCsi, requestTypes } from "./proto.ts";
+import { invalidUtf8Field, loadCsi, loadRegistration, requestTypes } from "./proto.ts";
 import { CsiError, errorMessage, toRpcStatus } from "./csi/errors.ts";
 import { KEYS, type Logger } from "./log.ts";
 import type { IdentityService } from "./csi/identity.ts";
 import type { NodeService } from "./csi/node.ts";
+import type { RegistrationService } from "./registration.ts";
 
 /** Options for createServer. */
 export interface ServerOptions {
@@ -137,6 +138,17 @@ export function createServer(options: ServerOptions): grpc.Server {
   ) {
     server.addService(strictUtf8(definition), implementation(definition, service, options.log));
   }
+  return server;
+}
+
+/** Builds the gRPC server serving kubelet's plugin registration (built-in registration). */
+export function createRegistrationServer(
+  registration: RegistrationService,
+  log: Logger,
+): grpc.Server {
+  const service = loadRegistration().Registration.service;
+  const server = new grpc.Server({ "grpc.max_receive_message_length": 64 * 1024 });
+  server.addService(service, implementation(service, registration, log));
   return server;
 }
 

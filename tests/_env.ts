@@ -67,3 +67,14 @@ export async function makeTempTree(prefix = "spiffe-csi-test-"): Promise<TempTre
   await Deno.symlink("/proc/self/cwd", tree.cwdLink);
   return tree;
 }
+
+/** Whether anything (file, dir, socket, dangling link) is at `path`. */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}

@@ -174,13 +174,14 @@ export interface SpireOptions {
   socketDir: string;
   /** Registration entries to create before the agent starts (its first sync then has them). */
   entries?: WorkloadEntry[];
+  /** The agent's workload attestor plugin blocks (default: the unix attestor). */
+  workloadAttestors?: string;
 }
 
-/** A registration entry for a workload running as a Unix uid. */
-export interface WorkloadEntry {
-  spiffeId: string;
-  uid: number;
-}
+/** A registration entry: a workload running as a Unix uid, or one matched by other selectors. */
+export type WorkloadEntry =
+  | { spiffeId: string; uid: number }
+  | { spiffeId: string; selectors: string[] };
 
 /** A running SPIRE server and agent. */
 export interface Spire {
@@ -249,7 +250,7 @@ plugins {
 plugins {
   NodeAttestor "join_token" { plugin_data {} }
   KeyManager "disk" { plugin_data { directory = "${dir}/agent/data" } }
-  WorkloadAttestor "unix" { plugin_data {} }
+  ${options.workloadAttestors ?? 'WorkloadAttestor "unix" { plugin_data {} }'}
 }
 `,
   );
@@ -270,8 +271,10 @@ plugins {
         NODE_SPIFFE_ID,
         "-spiffeID",
         entry.spiffeId,
-        "-selector",
-        `unix:uid:${entry.uid}`,
+        ...("uid" in entry ? [`unix:uid:${entry.uid}`] : entry.selectors).flatMap((s) => [
+          "-selector",
+          s,
+        ]),
       ]);
     },
     async startAgent() {

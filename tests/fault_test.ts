@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { status } from "@grpc/grpc-js";
 import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
 import { type DriverProcess, startDriver, type StartOptions } from "./_driver.ts";
-import { makeTempTree, mountTable, prng, REAL_MOUNTS, type TempTree } from "./_env.ts";
+import { exists, makeTempTree, mountTable, prng, REAL_MOUNTS, type TempTree } from "./_env.ts";
 import { layersAt, type MountEntry } from "../lib/mount_table.ts";
 
 const TARGETS = 50;
@@ -43,16 +43,6 @@ async function mountsUnder(root: string): Promise<MountEntry[]> {
   return (await mountTable()).filter((entry) =>
     entry.target === root || entry.target.startsWith(`${root}/`)
   );
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
 }
 
 function describe(result: CallResult): string {

@@ -589,3 +589,52 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "manifests: the builtin-registration component drops the registrar and registers through the driver",
+  ignore: !(await hasKubectl()),
+  async fn() {
+    // A kustomization of a user's: base plus the component (kustomize wants relative paths).
+    const dir = await Deno.makeTempDir({ prefix: "spiffe-csi-kustomize-" });
+    try {
+      const rel = posix.relative(dir, MANIFESTS);
+      await Deno.writeTextFile(
+        join(dir, "kustomization.yaml"),
+        `resources:\n  - ${rel}/base\ncomponents:\n  - ${rel}/builtin-registration\n`,
+      );
+      const docs = await kustomize(dir);
+      const ds = docs.find((d) =>
+        d.kind === "DaemonSet" && d.metadata.name === "spiffe-csi-driver"
+      );
+      assert.ok(ds);
+      new apps.DaemonSet(ds as never).validate();
+      const pod = ds.spec.template.spec;
+      assert.deepEqual(
+        (pod.containers as Doc[]).map((c) => c.name),
+        ["spiffe-csi-driver", "liveness-probe"],
+      );
+      const config = driverConfig(pod);
+      const driver = container(pod, "spiffe-csi-driver");
+      // kubelet dials the CSI socket's host path; the registration socket is in kubelet's watch dir.
+      const csiHost = hostPathOf(pod, driver, config.csiSocketPath).host;
+      assert.equal(config.kubeletRegistrationPath, csiHost);
+      assert.equal(config.registrationSocketPath, "/registration/csi.spiffe.io-reg.sock");
+      assert.equal(
+        hostPathOf(pod, driver, config.registrationSocketPath).host,
+        "/var/lib/kubelet/plugins_registry/csi.spiffe.io-reg.sock",
+      );
+      // The image's permission set (CONTAINER_PATHS) is exactly what this config needs.
+      assert.deepEqual(permissionSet(config), permissionSet(CONTAINER_PATHS));
+      const set = permissionSet(config);
+      for (const mount of driver.volumeMounts as Doc[]) {
+        assert.ok(
+          [...set.read, ...set.write].some((entry) => within(entry, mount.mountPath)),
+          `${mount.mountPath} is mounted but outside the permission set`,
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -1,8 +1,12 @@
-/** Regenerates lib/csi_proto.json from proto/csi.proto (run: deno task gen-proto). */
-import { PROTO_FILE, protoToJson } from "../lib/proto_json.ts";
+/** Regenerates lib/csi_proto.json and lib/registration_proto.json from proto/ (deno task gen-proto). */
+import { PROTO_FILE, protoToJson, REGISTRATION_PROTO_FILE } from "../lib/proto_json.ts";
 
-const json = protoToJson(await Deno.readTextFile(PROTO_FILE));
-await Deno.writeTextFile(
-  new URL("../lib/csi_proto.json", import.meta.url),
-  JSON.stringify(json, null, 2) + "\n",
-);
+for (
+  const [proto, out] of [
+    [PROTO_FILE, "../lib/csi_proto.json"],
+    [REGISTRATION_PROTO_FILE, "../lib/registration_proto.json"],
+  ] as const
+) {
+  const json = protoToJson(await Deno.readTextFile(proto));
+  await Deno.writeTextFile(new URL(out, import.meta.url), JSON.stringify(json, null, 2) + "\n");
+}

@@ -1,0 +1,644 @@
+// deno-lint-ignore-file no-console
+/**
+ * The driver under a real kubelet v1.37.2 (containerd, runc) on a one-node Kubernetes on loopback.
+ * Runs only through `deno task kubelet-e2e` (tests/kubelet_e2e.sh), which builds what is missing
+ * and puts the rig in private namespaces; elsewhere every test here is ignored. The tests run in
+ * order against one rig: the first starts it, the last tears it down and proves the machine is as
+ * it was found.
+ */
+import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
+import { layersAt } from "../lib/mount_table.ts";
+import { exists, mountTable } from "./_env.ts";
+import { LoggedProcess, waitFor } from "./_spire.ts";
+import type { Obj } from "./_kube_api.ts";
+import { WORKLOAD_IMAGE } from "./_kube_images.ts";
+import {
+  captureHost,
+  compareHost,
+  DRIVER_NAME,
+  type HostState,
+  NODE,
+  pidsMentioning,
+  type Rig,
+  startRig,
+} from "./_kube_rig.ts";
+
+const ENABLED = Deno.env.get("SPIFFE_CSI_KUBELET_RIG") === "1";
+const VOLUME = "spiffe-workload-api";
+const TRUST_DOMAIN = "example.org";
+const READONLY_MESSAGE = "pod.spec.volumes[].csi.readOnly must be set to 'true'";
+
+let rig: Rig | undefined;
+let host: HostState | undefined;
+
+function test(name: string, fn: (rig: Rig) => Promise<void>): void {
+  Deno.test({
+    name,
+    ignore: !ENABLED,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      if (!rig) throw new Error("the rig is not running (see the first test)");
+      try {
+        await fn(rig);
+      } catch (error) {
+        console.error(tails(rig.logs()));
+        throw error;
+      }
+    },
+  });
+}
+
+/** The last 12,000 characters of each component's log. */
+function tails(logs: string): string {
+  return logs.split(/^(?=----- )/m).map((part) => {
+    const newline = part.indexOf("\n");
+    const [head, body] = [part.slice(0, newline + 1), part.slice(newline + 1)];
+    return head + (body.length > 12_000 ? `...\n${body.slice(-12_000)}` : body);
+  }).join("");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods
+
+interface PodRef {
+  namespace: string;
+  name: string;
+}
+
+/** A workload that fetches its X.509 SVID through the CSI volume every 2 s and prints it. */
+function workloadPod(
+  ref: PodRef,
+  serviceAccount: string,
+  options: { readOnly?: boolean } = {},
+): Obj {
+  const fetch = [
+    "while true; do",
+    "  if spire-agent api fetch x509 -socketPath /spiffe-workload-api/api.sock -write /tmp -timeout 5s; then",
+    "    echo FETCH-OK $(date +%s); echo ---SVID; cat /tmp/svid.0.pem; echo ---BUNDLE; cat /tmp/bundle.0.pem; echo ---END;",
+    "  else echo FETCH-FAILED $(date +%s); fi;",
+    "  sleep 2;",
+    "done",
+  ].join("\n");
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name: ref.name, namespace: ref.namespace, labels: { app: "workload" } },
+    spec: {
+      nodeName: NODE,
+      // The Workload API is a Unix socket: pods need no network of their own.
+      hostNetwork: true,
+      serviceAccountName: serviceAccount,
+      automountServiceAccountToken: false,
+      terminationGracePeriodSeconds: 1,
+      containers: [{
+        name: "workload",
+        image: WORKLOAD_IMAGE,
+        imagePullPolicy: "Never",
+        command: ["/bin/sh", "-c", fetch],
+        volumeMounts: [{ name: VOLUME, mountPath: "/spiffe-workload-api", readOnly: true }],
+      }],
+      volumes: [{ name: VOLUME, csi: { driver: DRIVER_NAME, readOnly: options.readOnly ?? true } }],
+    },
+  };
+}
+
+async function ensureIdentity(r: Rig, namespace: string, serviceAccount: string): Promise<void> {
+  if (!(await r.api.get(`/api/v1/namespaces/${namespace}`))) {
+    await r.api.create("/api/v1/namespaces", {
+      apiVersion: "v1",
+      kind: "Namespace",
+      metadata: { name: namespace },
+    });
+  }
+  if (!(await r.api.get(`/api/v1/namespaces/${namespace}/serviceaccounts/${serviceAccount}`))) {
+    await r.api.create(`/api/v1/namespaces/${namespace}/serviceaccounts`, {
+      apiVersion: "v1",
+      kind: "ServiceAccount",
+      metadata: { name: serviceAccount, namespace },
+      automountServiceAccountToken: false,
+    });
+  }
+}
+
+function podPath(ref: PodRef): string {
+  return `/api/v1/namespaces/${ref.namespace}/pods/${ref.name}`;
+}
+
+async function createPod(r: Rig, pod: Obj): Promise<string> {
+  const created = await r.api.create(`/api/v1/namespaces/${pod.metadata.namespace}/pods`, pod);
+  return created.metadata.uid as string;
+}
+
+async function waitRunning(r: Rig, ref: PodRef, timeoutMs = 120_000): Promise<Obj> {
+  return await waitFor(
+    `${ref.namespace}/${ref.name} Running`,
+    async () => {
+      const pod = await r.api.get(podPath(ref));
+      const ready = pod?.status?.containerStatuses?.[0]?.state?.running !== undefined;
+      return pod?.status?.phase === "Running" && ready ? pod : undefined;
+    },
+    timeoutMs,
+    250,
+  );
+}
+
+async function deletePod(r: Rig, ref: PodRef): Promise<void> {
+  await r.api.delete(podPath(ref), { gracePeriodSeconds: 1 });
+}
+
+async function waitGone(r: Rig, ref: PodRef, timeoutMs = 120_000): Promise<void> {
+  await waitFor(
+    `${ref.namespace}/${ref.name} gone`,
+    async () => {
+      return (await r.api.get(podPath(ref))) === undefined ? true : undefined;
+    },
+    timeoutMs,
+    250,
+  );
+}
+
+function targetOf(r: Rig, uid: string): string {
+  return `${r.kubeletDir}/pods/${uid}/volumes/kubernetes.io~csi/${VOLUME}/mount`;
+}
+
+async function layers(target: string): Promise<number> {
+  return layersAt(await mountTable(), target);
+}
+
+async function mountsUnderPods(r: Rig): Promise<string[]> {
+  return (await mountTable()).map((e) => e.target)
+    .filter((t) => t.startsWith(`${r.kubeletDir}/pods/`));
+}
+
+/** What the workload printed: fetch results in order, with the last SVID and bundle. */
+interface WorkloadLog {
+  ok: number[];
+  failed: number[];
+  spiffeIds: string[];
+  svidPem?: string;
+  bundlePem?: string;
+}
+
+async function workloadLog(r: Rig, ref: PodRef, uid: string): Promise<WorkloadLog> {
+  const dir = `${r.podLogsDir}/${ref.namespace}_${ref.name}_${uid}/workload`;
+  let text = "";
+  try {
+    const files = [];
+    for await (const entry of Deno.readDir(dir)) files.push(entry.name);
+    for (const file of files.sort((a, b) => parseInt(a) - parseInt(b))) {
+      text += await Deno.readTextFile(`${dir}/${file}`);
+    }
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  // CRI log lines: "<time> <stream> <P|F> <message>".
+  const lines = text.split("\n").map((line) => line.split(" ").slice(3).join(" "));
+  const log: WorkloadLog = { ok: [], failed: [], spiffeIds: [] };
+  let section: "svid" | "bundle" | undefined;
+  let svid = "", bundle = "";
+  for (const line of lines) {
+    const ok = /^FETCH-OK (\d+)/.exec(line);
+    if (ok) log.ok.push(Number(ok[1]));
+    const failed = /^FETCH-FAILED (\d+)/.exec(line);
+    if (failed) log.failed.push(Number(failed[1]));
+    const id = /SPIFFE ID:\s+(spiffe:\/\/\S+)/.exec(line);
+    if (id) log.spiffeIds.push(id[1] as string);
+    if (line === "---SVID") [section, svid] = ["svid", ""];
+    else if (line === "---BUNDLE") [section, bundle] = ["bundle", ""];
+    else if (line === "---END") {
+      section = undefined;
+      log.svidPem = svid;
+      log.bundlePem = bundle;
+    } else if (section === "svid") svid += `${line}\n`;
+    else if (section === "bundle") bundle += `${line}\n`;
+  }
+  return log;
+}
+
+/** Waits until the workload has fetched successfully after `since` (unix seconds). */
+async function waitFetched(
+  r: Rig,
+  ref: PodRef,
+  uid: string,
+  since: number,
+  timeoutMs = 90_000,
+): Promise<WorkloadLog> {
+  return await waitFor(
+    `${ref.namespace}/${ref.name} to fetch an SVID`,
+    async () => {
+      const log = await workloadLog(r, ref, uid);
+      return log.ok.some((t) => t >= since) ? log : undefined;
+    },
+    timeoutMs,
+    500,
+  );
+}
+
+async function containerIds(r: Rig, refs: PodRef[]): Promise<string[]> {
+  const ids = [];
+  for (const ref of refs) {
+    const pod = await r.api.get(podPath(ref));
+    const id = pod?.status?.containerStatuses?.[0]?.containerID;
+    assert.ok(typeof id === "string" && id !== "", `${ref.name} has no container`);
+    ids.push(id);
+  }
+  return ids;
+}
+
+function nowSeconds(): number {
+  return Math.floor(Date.now() / 1000);
+}
+
+function spiffeIdOf(namespace: string, serviceAccount: string): string {
+  return `spiffe://${TRUST_DOMAIN}/ns/${namespace}/sa/${serviceAccount}`;
+}
+
+async function csiNodeDrivers(r: Rig): Promise<Obj[]> {
+  const node = await r.api.get(`/apis/storage.k8s.io/v1/csinodes/${NODE}`);
+  return (node?.spec?.drivers ?? []) as Obj[];
+}
+
+// Two workloads in different namespaces and service accounts, each with its own entry.
+const POD_A: PodRef = { namespace: "team-a", name: "workload-a" };
+const POD_B: PodRef = { namespace: "team-b", name: "workload-b" };
+const SA = { [POD_A.namespace]: "sa-a", [POD_B.namespace]: "sa-b" } as Record<string, string>;
+const running = new Map<string, string>(); // "<ns>/<name>" -> uid
+
+// ---------------------------------------------------------------------------------------------
+// The scenarios
+
+Deno.test({
+  name:
+    "kubelet rig: etcd, kube-apiserver, containerd, kubelet v1.37.2, SPIRE and the driver start",
+  ignore: !ENABLED,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    host = await captureHost();
+    const started = performance.now();
+    rig = await startRig();
+    console.log(`rig started in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    const version = await rig.api.request("GET", "/version");
+    assert.equal(version.gitVersion, "v1.37.2");
+    const node = await rig.api.get(`/api/v1/nodes/${NODE}`);
+    assert.equal(node?.status?.nodeInfo?.kubeletVersion, "v1.37.2");
+  },
+});
+
+test("1. built-in registration puts the driver in the CSINode object with its node id", async (r) => {
+  const registration = `${r.registrationDir}/${DRIVER_NAME}-reg.sock`;
+  const entry = await waitFor("the driver in CSINode", async () => {
+    return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME);
+  }, 60_000);
+  assert.equal(entry.nodeID, NODE);
+  assert.ok((await Deno.lstat(registration)).isSocket);
+  // kubelet updates CSINode before it reports the outcome to the driver.
+  await waitFor("kubelet's NotifyRegistrationStatus(true) in the driver's log", () => {
+    return Promise.resolve(/Registered with kubelet/.test(r.driver?.logs() ?? "") || undefined);
+  });
+
+  // The driver stopping removes its registration socket, and kubelet drops it from CSINode.
+  await r.stopDriver("SIGTERM");
+  assert.equal(await exists(registration), false);
+  await waitFor("the driver to leave CSINode", async () => {
+    return (await csiNodeDrivers(r)).some((d) => d.name === DRIVER_NAME) ? undefined : true;
+  }, 60_000);
+  await r.startDriver();
+  await waitFor("the driver back in CSINode", async () => {
+    return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME && d.nodeID === NODE);
+  }, 60_000);
+});
+
+test("1b. registration through node-driver-registrar v2.13.0 and livenessprobe v2.19.0", async (r) => {
+  const registrar = Deno.env.get("NODE_DRIVER_REGISTRAR");
+  const probe = Deno.env.get("LIVENESSPROBE");
+  if (!registrar || !probe) {
+    console.log(
+      "SKIPPED: set NODE_DRIVER_REGISTRAR and LIVENESSPROBE to the binaries of node-driver-registrar " +
+        "v2.13.0 and livenessprobe v2.19.0 to run this scenario with them (the Go module proxy does not serve them)",
+    );
+    return;
+  }
+  // The default manifests' layout: the driver without built-in registration, plus both sidecars.
+  await r.stopDriver("SIGTERM");
+  await waitFor("the driver to leave CSINode", async () => {
+    return (await csiNodeDrivers(r)).some((d) => d.name === DRIVER_NAME) ? undefined : true;
+  }, 60_000);
+  await r.startDriver({ builtinRegistration: false });
+  const [registrarPort, probePort] = [freePort(), freePort()];
+  const sidecars = [
+    new LoggedProcess("node-driver-registrar", registrar, [
+      `--csi-address=${r.csiSocketPath}`,
+      `--kubelet-registration-path=${r.csiSocketPath}`,
+      `--plugin-registration-path=${r.registrationDir}`,
+      `--http-endpoint=127.0.0.1:${registrarPort}`,
+    ]),
+    new LoggedProcess("livenessprobe", probe, [
+      `--csi-address=${r.csiSocketPath}`,
+      `--http-endpoint=127.0.0.1:${probePort}`,
+    ]),
+  ];
+  try {
+    const entry = await waitFor("the driver in CSINode through the registrar", async () => {
+      return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME);
+    }, 60_000);
+    assert.equal(entry.nodeID, NODE);
+    for (const port of [registrarPort, probePort]) {
+      await waitFor(`healthz on ${port}`, async () => {
+        const response = await fetch(`http://127.0.0.1:${port}/healthz`);
+        await response.body?.cancel();
+        return response.status === 200 ? true : undefined;
+      });
+    }
+  } catch (error) {
+    for (const sidecar of sidecars) console.error(`----- ${sidecar.name}\n${sidecar.logs()}`);
+    throw error;
+  } finally {
+    for (const sidecar of sidecars) await sidecar.stop();
+    await r.stopDriver("SIGTERM");
+    await waitFor("the registrar's socket to go", async () => {
+      const names = await Array.fromAsync(Deno.readDir(r.registrationDir));
+      return names.length === 0 ? true : undefined;
+    });
+    await r.startDriver();
+  }
+  await waitFor("built-in registration back in CSINode", async () => {
+    return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME && d.nodeID === NODE);
+  }, 60_000);
+});
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+test("2. pods in two namespaces fetch the X.509 SVID of their own k8s:ns/k8s:sa entry through the volume", async (r) => {
+  for (const ref of [POD_A, POD_B]) {
+    const sa = SA[ref.namespace] as string;
+    await ensureIdentity(r, ref.namespace, sa);
+    await r.spire.createEntry({
+      spiffeId: spiffeIdOf(ref.namespace, sa),
+      selectors: [`k8s:ns:${ref.namespace}`, `k8s:sa:${sa}`],
+    });
+  }
+  const since = nowSeconds();
+  for (const ref of [POD_A, POD_B]) {
+    const uid = await createPod(r, workloadPod(ref, SA[ref.namespace] as string));
+    running.set(`${ref.namespace}/${ref.name}`, uid);
+  }
+  for (const ref of [POD_A, POD_B]) {
+    await waitRunning(r, ref);
+    const uid = running.get(`${ref.namespace}/${ref.name}`) as string;
+    const target = targetOf(r, uid);
+    assert.equal(await layers(target), 1, `one bind mount at ${target}`);
+    const log = await waitFetched(r, ref, uid, since);
+    const expected = spiffeIdOf(ref.namespace, SA[ref.namespace] as string);
+    assert.ok(log.spiffeIds.length > 0, "the workload printed no SPIFFE ID");
+    assert.deepEqual([...new Set(log.spiffeIds)], [expected]);
+    // The SVID is the workload's and chains to the trust bundle.
+    assert.ok(log.svidPem && log.bundlePem, "no SVID/bundle printed");
+    const svid = new X509Certificate(log.svidPem);
+    const bundle = new X509Certificate(log.bundlePem);
+    assert.ok(svid.subjectAltName?.includes(`URI:${expected}`), svid.subjectAltName ?? "no SAN");
+    assert.ok(svid.checkIssued(bundle) && svid.verify(bundle.publicKey), "SVID does not verify");
+  }
+});
+
+test("3. a pod whose volume is not readOnly never starts, and its events carry the driver's message", async (r) => {
+  const ref: PodRef = { namespace: POD_A.namespace, name: "not-read-only" };
+  const uid = await createPod(
+    r,
+    workloadPod(ref, SA[ref.namespace] as string, { readOnly: false }),
+  );
+  const event = await waitFor("a FailedMount event with the driver's message", async () => {
+    const list = await r.api.request(
+      "GET",
+      `/api/v1/namespaces/${ref.namespace}/events?fieldSelector=involvedObject.uid=${uid}`,
+    );
+    return (list.items as Obj[]).find((e) =>
+      e.reason === "FailedMount" && String(e.message).includes(READONLY_MESSAGE)
+    );
+  }, 90_000);
+  assert.match(event.message, /InvalidArgument/);
+  const pod = await r.api.get(podPath(ref));
+  assert.equal(pod?.status?.phase, "Pending");
+  assert.equal(pod?.status?.containerStatuses?.[0]?.state?.running, undefined);
+  assert.deepEqual(
+    (await mountsUnderPods(r)).filter((t) => t.includes(uid)),
+    [],
+    "nothing is mounted for it",
+  );
+  await deletePod(r, ref);
+  await waitGone(r, ref);
+});
+
+test("4. deleting a pod unpublishes: nothing mounted, the target directory gone", async (r) => {
+  const ref: PodRef = { namespace: POD_B.namespace, name: "short-lived" };
+  const uid = await createPod(r, workloadPod(ref, SA[ref.namespace] as string));
+  await waitRunning(r, ref);
+  const target = targetOf(r, uid);
+  assert.equal(await layers(target), 1);
+  await deletePod(r, ref);
+  await waitGone(r, ref);
+  assert.deepEqual((await mountsUnderPods(r)).filter((t) => t.includes(uid)), []);
+  assert.equal(await exists(target), false, "the target dir is removed");
+  assert.equal(
+    await exists(`${r.kubeletDir}/pods/${uid}/volumes/kubernetes.io~csi/${VOLUME}`),
+    false,
+  );
+});
+
+test("5. kubelet restarted while pods run: they keep fetching, one mount layer per target", async (r) => {
+  const containers = await containerIds(r, [POD_A, POD_B]);
+  const logBefore = r.driver?.logs().length ?? 0;
+  await r.stopKubelet();
+  const since = nowSeconds();
+  await r.startKubelet();
+  for (const ref of [POD_A, POD_B]) {
+    const uid = running.get(`${ref.namespace}/${ref.name}`) as string;
+    await waitFetched(r, ref, uid, since + 1);
+    await waitRunning(r, ref);
+  }
+  // kubelet reconstructs its volumes and sets each up again: a NodePublishVolume per target, which
+  // the driver answers without stacking a second mount.
+  for (const ref of [POD_A, POD_B]) {
+    const target = targetOf(r, running.get(`${ref.namespace}/${ref.name}`) as string);
+    await waitFor(`kubelet to publish ${ref.name}'s volume again`, () => {
+      const since = r.driver?.logs().slice(logBefore) ?? "";
+      const again = since.split("\n").some((line) =>
+        line.includes("NodePublishVolume") && line.includes(target) && line.includes('"OK"')
+      );
+      return Promise.resolve(again || undefined);
+    }, 60_000);
+  }
+  // And for a while after that the layer count stays exactly one.
+  const until = Date.now() + 15_000;
+  while (Date.now() < until) {
+    for (const ref of [POD_A, POD_B]) {
+      const uid = running.get(`${ref.namespace}/${ref.name}`) as string;
+      assert.equal(await layers(targetOf(r, uid)), 1, `${ref.name}: layers after kubelet restart`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+  }
+  assert.deepEqual(await containerIds(r, [POD_A, POD_B]), containers, "containers were restarted");
+});
+
+test("6. driver SIGKILLed while pods run and one is created and one deleted: all complete once it is back", async (r) => {
+  const creating: PodRef = { namespace: POD_A.namespace, name: "created-while-down" };
+  const deleting: PodRef = { namespace: POD_B.namespace, name: "deleted-while-down" };
+  const deletingUid = await createPod(r, workloadPod(deleting, SA[deleting.namespace] as string));
+  await waitRunning(r, deleting);
+
+  await r.stopDriver("SIGKILL");
+  const since = nowSeconds();
+  const creatingUid = await createPod(r, workloadPod(creating, SA[creating.namespace] as string));
+  await deletePod(r, deleting);
+  // Running pods keep fetching while the driver is down (their bind mounts stay).
+  for (const ref of [POD_A, POD_B]) {
+    const uid = running.get(`${ref.namespace}/${ref.name}`) as string;
+    await waitFetched(r, ref, uid, since + 1, 30_000);
+  }
+  // kubelet tried to publish for the new pod and could not: it must not be running.
+  await waitFor("a FailedMount event while the driver is down", async () => {
+    const list = await r.api.request(
+      "GET",
+      `/api/v1/namespaces/${creating.namespace}/events?fieldSelector=involvedObject.uid=${creatingUid}`,
+    );
+    return (list.items as Obj[]).find((e) => e.reason === "FailedMount");
+  }, 90_000);
+  const pending = await r.api.get(podPath(creating));
+  assert.notEqual(pending?.status?.phase, "Running", "a pod started without the driver");
+
+  await r.startDriver();
+  await waitRunning(r, creating);
+  await waitFetched(r, creating, creatingUid, since);
+  await waitGone(r, deleting);
+  assert.equal(await exists(targetOf(r, deletingUid)), false);
+  for (const uid of [creatingUid, ...running.values()]) {
+    assert.equal(await layers(targetOf(r, uid)), 1);
+  }
+  await deletePod(r, creating);
+  await waitGone(r, creating);
+});
+
+test("7. SPIRE agent restarted: a running pod fetches again without a restart", async (r) => {
+  await r.spire.stopAgent();
+  await r.spire.startAgent();
+  const since = nowSeconds();
+  const uid = running.get(`${POD_A.namespace}/${POD_A.name}`) as string;
+  await waitFetched(r, POD_A, uid, since + 1);
+  const pod = await r.api.get(podPath(POD_A));
+  assert.equal(pod?.status?.containerStatuses?.[0]?.restartCount, 0);
+});
+
+test("8. node reboot: pods deleted meanwhile finish terminating, pods still wanted get their volumes back", async (r) => {
+  const uidA = running.get(`${POD_A.namespace}/${POD_A.name}`) as string;
+  const uidB = running.get(`${POD_B.namespace}/${POD_B.name}`) as string;
+  const [containerA] = await containerIds(r, [POD_A]);
+  await r.stopKubelet();
+  await r.stopDriver("SIGTERM");
+  // What a reboot does: every container dies and every mount is gone.
+  await r.killPods();
+  for (const target of (await mountsUnderPods(r)).reverse()) {
+    const output = await new Deno.Command("/usr/bin/umount", { args: [target] }).output();
+    assert.ok(output.success, new TextDecoder().decode(output.stderr));
+  }
+  assert.deepEqual(await mountsUnderPods(r), []);
+  // Deleted while the node is down.
+  await deletePod(r, POD_B);
+  running.delete(`${POD_B.namespace}/${POD_B.name}`);
+  const since = nowSeconds();
+  await r.startDriver();
+  await r.startKubelet();
+  await waitGone(r, POD_B);
+  assert.equal(await exists(targetOf(r, uidB)), false);
+  // A new container (the old one died with the "reboot"), with its volume published again.
+  await waitFor("a new running container for workload-a", async () => {
+    const pod = await waitRunning(r, POD_A);
+    const id = pod.status.containerStatuses[0].containerID;
+    return id !== containerA ? id : undefined;
+  }, 120_000);
+  await waitFetched(r, POD_A, uidA, since);
+  assert.equal(await layers(targetOf(r, uidA)), 1);
+});
+
+test("stats: what kubelet does with NodeGetVolumeStats and the volume condition", async (r) => {
+  const uid = running.get(`${POD_A.namespace}/${POD_A.name}`) as string;
+  // kubelet's stats provider calls NodeGetVolumeStats for the volume (volumeStatsAggPeriod 5 s).
+  const before = (r.driver?.logs().match(/NodeGetVolumeStats/g) ?? []).length;
+  await waitFor("a NodeGetVolumeStats call from kubelet", () => {
+    const now = (r.driver?.logs().match(/NodeGetVolumeStats/g) ?? []).length;
+    return Promise.resolve(now > before || undefined);
+  }, 60_000);
+  const volume = await waitFor("the volume in kubelet's /stats/summary", async () => {
+    const response = await fetch(`${r.kubeletReadOnlyUrl}/stats/summary`);
+    const summary = await response.json();
+    const pod = (summary.pods as Obj[]).find((p) => p.podRef.uid === uid);
+    return (pod?.volume as Obj[] | undefined)?.find((v) => v.name === VOLUME);
+  }, 60_000);
+  console.log(`kubelet /stats/summary for the volume: ${JSON.stringify(volume)}`);
+  assert.equal(typeof volume.usedBytes, "number");
+  // With a healthy agent the condition is normal: kubelet reports no abnormal volume event.
+  const events = await r.api.request(
+    "GET",
+    `/api/v1/namespaces/${POD_A.namespace}/events?fieldSelector=involvedObject.uid=${uid}`,
+  );
+  const abnormal = (events.items as Obj[]).filter((e) => /abnormal/i.test(String(e.message)));
+  console.log(`volume condition events for ${POD_A.name}: ${abnormal.length}`);
+});
+
+test("9. burst: 30 pods at once are Running with identities, then deleted at once leave zero mounts", async (r) => {
+  const refs: PodRef[] = Array.from({ length: 30 }, (_, i) => ({
+    namespace: i % 2 === 0 ? POD_A.namespace : POD_B.namespace,
+    name: `burst-${i}`,
+  }));
+  const since = nowSeconds();
+  const started = performance.now();
+  const uids = await Promise.all(
+    refs.map((ref) => createPod(r, workloadPod(ref, SA[ref.namespace] as string))),
+  );
+  await Promise.all(refs.map((ref) => waitRunning(r, ref, 300_000)));
+  const toRunning = (performance.now() - started) / 1000;
+  await Promise.all(refs.map((ref, i) => waitFetched(r, ref, uids[i] as string, since, 180_000)));
+  for (const [i, ref] of refs.entries()) {
+    const log = await workloadLog(r, ref, uids[i] as string);
+    assert.deepEqual([...new Set(log.spiffeIds)], [spiffeIdOf(ref.namespace, SA[ref.namespace]!)]);
+  }
+  const deleting = performance.now();
+  await Promise.all(refs.map((ref) => deletePod(r, ref)));
+  await Promise.all(refs.map((ref) => waitGone(r, ref, 300_000)));
+  const toGone = (performance.now() - deleting) / 1000;
+  for (const uid of uids) {
+    assert.deepEqual((await mountsUnderPods(r)).filter((t) => t.includes(uid)), []);
+  }
+  console.log(
+    `burst: 30 pods all Running in ${toRunning.toFixed(1)} s; all gone in ${toGone.toFixed(1)} s`,
+  );
+});
+
+Deno.test({
+  name: "kubelet rig: teardown stops every process and leaves the machine as it was found",
+  ignore: !ENABLED,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    if (!rig || !host) throw new Error("the rig never started");
+    const r = rig;
+    rig = undefined;
+    for (const ref of [POD_A, POD_B]) await deletePod(r, ref).catch(() => {});
+    const problems = await r.teardown();
+    assert.deepEqual(problems, [], "teardown problems");
+    assert.deepEqual(await pidsMentioning([r.dir]), [], "processes left");
+    assert.deepEqual(
+      (await mountTable()).filter((e) => e.target.startsWith(r.dir)),
+      [],
+      "mounts left",
+    );
+    assert.equal(await exists(r.dir), false, "the rig dir is left");
+    assert.deepEqual(compareHost(host, await captureHost()), [], "host changes left");
+  },
+});
