@@ -147,15 +147,13 @@ export function createNodeService(options: NodeOptions): NodeService {
     }
   }
 
-  // Unmounts the socket dir binds on `at` (pinning it); false when it holds none.
-  async function unmountOurs(pin: Pin, at: PinnedTarget): Promise<boolean> {
-    let layers = 0;
-    for (; layers < maxLayers; layers++) {
+  // Unmounts the socket dir binds on `at`, pinning it for each.
+  async function unmountOurs(pin: Pin, at: PinnedTarget): Promise<void> {
+    for (let layers = 0; layers < maxLayers; layers++) {
       at.enter(pin);
-      if (!pinnedIs(pin, socketDir)) break;
+      if (!pinnedIs(pin, socketDir)) return;
       await mounter.unmount(at.mountTarget(pin));
     }
-    return layers > 0;
   }
 
   // Binds of the socket dir on other directories beside the target: kubelet keeps only the target
@@ -173,8 +171,7 @@ export function createNodeService(options: NodeOptions): NodeService {
    */
   async function undoBind(pin: Pin, target: PinnedTarget, bound: string): Promise<void> {
     const steps = [
-      () =>
-        bound === target.path ? Promise.resolve(false) : unmountOurs(pin, new PinnedTarget(bound)),
+      () => bound === target.path ? Promise.resolve() : unmountOurs(pin, new PinnedTarget(bound)),
       () => unmountOurs(pin, target),
       () => unmountStrays(pin, target),
     ];
