@@ -61,16 +61,18 @@ Deno.test("the image's set serves our layout, upstream's and every well-known ku
   const image = permissionSet();
   const dirs = ["/spiffe-workload-api", "/spire-agent-socket"];
   const cwd = "/run/spiffe-csi-driver/cwd";
-  assert.deepEqual(image.read, [...dirs, "/spiffe-csi/csi.sock", ...PODS_DIRS, cwd]);
+  const reg = "/registration/csi.spiffe.io-reg.sock";
+  assert.deepEqual(image.read, [...dirs, "/spiffe-csi/csi.sock", ...PODS_DIRS, cwd, reg]);
   assert.deepEqual(image.write, image.read);
   // Each socket dir gets a connect permission for each Workload API socket name.
   assert.deepEqual(image.net, [
     "unix:/spiffe-csi/csi.sock",
     ...dirs.flatMap((dir) => DEFAULT_SOCKET_NAMES.map((name) => `unix:${dir}/${name}`)),
+    `unix:${reg}`,
   ]);
   // Another kubelet root (the build argument) replaces the well-known ones.
   const custom = permissionSet({ kubeletDir: "/opt/kubelet" });
-  assert.deepEqual(custom.write, [...dirs, "/spiffe-csi/csi.sock", "/opt/kubelet/pods", cwd]);
+  assert.deepEqual(custom.write, [...dirs, "/spiffe-csi/csi.sock", "/opt/kubelet/pods", cwd, reg]);
   assert.equal(CONTAINER_PATHS.socketDir, "/spiffe-workload-api");
   assert.equal(CONTAINER_PATHS.kubeletDir, "/var/lib/kubelet");
 });
@@ -100,6 +102,8 @@ Deno.test("ungrantedPaths() names each configured path the running set does not 
     "unix:/spiffe-csi/csi.sock",
     "/usr/bin/mount",
     "/run/spiffe-csi-driver/cwd",
+    "/registration/csi.spiffe.io-reg.sock",
+    "unix:/registration/csi.spiffe.io-reg.sock",
   ]);
   const asked: Deno.PermissionDescriptor[] = [];
   const query = (d: Deno.PermissionDescriptor) => {
