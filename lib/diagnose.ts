@@ -4,7 +4,7 @@
  * that needs a path outside that set reports UNKNOWN (with how to check by hand) instead of guessing.
  */
 import type { Config } from "./config.ts";
-import type { Mounter } from "./mount.ts";
+import { isUtilLinux, type Mounter } from "./mount.ts";
 import { findStackedMounts } from "./audit.ts";
 import { inspectSocketDir } from "./socket_dir.ts";
 
@@ -327,27 +327,29 @@ async function checkBinary(
   timeoutMs: number,
 ): Promise<CheckResult> {
   const name = `${binary} exists at ${flag}`;
+  const fix = `install util-linux ${binary} at ${path} (the image ships it there), or pass ` +
+    `${flag} with the absolute path of util-linux ${binary} on this node`;
+  let version: string;
   try {
-    // Any exit status will do: the binary exists and runs.
-    await new Deno.Command(path, {
-      args: ["--help"],
+    const output = await new Deno.Command(path, {
+      args: ["-V"],
       clearEnv: true,
       stdin: "null",
-      stdout: "null",
+      stdout: "piped",
       stderr: "null",
       signal: AbortSignal.timeout(timeoutMs),
     }).output();
-    return { name, status: "pass", detail: path };
+    version = new TextDecoder().decode(output.stdout);
   } catch (error) {
     if (isNotCapable(error)) return unknown(name, path, error, `ls -l ${path}`);
-    return {
-      name,
-      status: "fail",
-      detail: `${path}: ${describe(error)}`,
-      fix: `install ${binary} at ${path} (the image links a static busybox there), or pass ` +
-        `${flag} with the absolute path of ${binary} on this node`,
-    };
+    return { name, status: "fail", detail: `${path}: ${describe(error)}`, fix };
   }
+  // The driver refuses any other kind (busybox re-resolves paths the pin must not).
+  if (!isUtilLinux(version)) {
+    const first = version.trim().split("\n")[0] || "no version output";
+    return { name, status: "fail", detail: `${path} is not util-linux: ${first}`, fix };
+  }
+  return { name, status: "pass", detail: path };
 }
 
 async function checkPodsDir(kubeletDir: string): Promise<CheckResult> {

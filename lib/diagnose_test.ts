@@ -50,7 +50,8 @@ async function healthyNode(): Promise<Node> {
   const bin = `${tree.root}/bin`;
   await Deno.mkdir(bin);
   for (const name of ["mount", "umount"]) {
-    await Deno.writeTextFile(`${bin}/${name}`, "#!/bin/sh\nexit 0\n", { mode: 0o755 });
+    const banner = `${name} from util-linux 2.38.1 (libmount 2.38.1)`;
+    await Deno.writeTextFile(`${bin}/${name}`, `#!/bin/sh\necho '${banner}'\n`, { mode: 0o755 });
   }
   const registrationDir = `${tree.root}/plugins_registry`;
   await Deno.mkdir(registrationDir);
@@ -282,7 +283,7 @@ Deno.test("runChecks() fails a missing CSI socket dir and leaves no socket behin
   }
 });
 
-Deno.test("runChecks() fails missing mount and umount binaries", async () => {
+Deno.test("runChecks() fails missing mount and umount binaries, and ones that are not util-linux", async () => {
   const node = await healthyNode();
   try {
     assertFailed(
@@ -293,6 +294,14 @@ Deno.test("runChecks() fails missing mount and umount binaries", async () => {
       await check(node, { umountPath: `${node.tree.root}/nope/umount` }),
       "umount exists",
     );
+    // busybox answers -V with its own banner: the driver refuses it, so diagnose must too.
+    const busybox = `${node.tree.root}/busybox-mount`;
+    await Deno.writeTextFile(busybox, "#!/bin/sh\necho 'BusyBox v1.35.0 multi-call binary.'\n");
+    await Deno.chmod(busybox, 0o755);
+    const failed = only(await check(node, { mountPath: busybox }), "mount exists");
+    assert.equal(failed.status, "fail");
+    assert.match(failed.detail, /is not util-linux: BusyBox v1\.35\.0/);
+    assert.equal(only(await check(node), "mount exists").status, "pass");
   } finally {
     await node.close();
   }

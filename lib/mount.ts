@@ -53,6 +53,11 @@ export function mountArgs(
   }
 }
 
+/** True when `mount -V` / `umount -V` printed `version`: util-linux, the only kind the pin works with. */
+export function isUtilLinux(version: string): boolean {
+  return version.includes("util-linux");
+}
+
 /** Runs util-linux mount and umount by absolute path, with an empty environment. */
 export class SystemMounter implements Mounter {
   readonly #options: Required<SystemMounterOptions>;
@@ -68,7 +73,7 @@ export class SystemMounter implements Mounter {
   async check(): Promise<void> {
     for (const path of [this.#options.mountPath, this.#options.umountPath]) {
       const version = await this.#run(path, ["-V"]);
-      if (!version.includes("util-linux")) {
+      if (!isUtilLinux(version)) {
         throw new MountError(`${path} is not util-linux (${version.trim().split("\n")[0]})`);
       }
     }
