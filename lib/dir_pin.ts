@@ -15,6 +15,8 @@
  * pin until every child it started has exited.
  */
 
+import { sameFile } from "./pinned_target.ts";
+
 /** The pinned directory is not where it was asked to be: a symlink, or a rename while in use. */
 export class PinMovedError extends Error {
   override name = "PinMovedError";
@@ -93,9 +95,7 @@ export class DirPin {
     }
     return this.hold((pin) => {
       pin.at(dir);
-      const a = Deno.statSync(pin.path());
-      const b = Deno.statSync(dir);
-      if (a.dev !== b.dev || a.ino !== b.ino) {
+      if (!sameFile(pin.path(), dir)) {
         throw new Error(`${this.#link} does not reach the working directory`);
       }
     });
