@@ -11,7 +11,7 @@ import { socketDirReadiness } from "./lib/readiness.ts";
 import { routeGrpcLogs } from "./lib/grpc_log.ts";
 import { auditStackedMounts } from "./lib/audit.ts";
 import { diagnose } from "./lib/diagnose.ts";
-import { errorMessage } from "./lib/csi/errors.ts";
+import { errorMessage } from "./lib/errors.ts";
 import { DirPin } from "./lib/dir_pin.ts";
 import { ungrantedPaths } from "./lib/permissions.ts";
 

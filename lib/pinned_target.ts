@@ -6,7 +6,7 @@
  */
 import { rmdirSync } from "node:fs";
 import type { Pin } from "./dir_pin.ts";
-import { invalidArgument } from "./csi/errors.ts";
+import { invalidArgument } from "./errors.ts";
 import { quote } from "./target_path.ts";
 
 /** What mount and umount are pointed at: the pinned directory, named for messages by its path. */

@@ -3,7 +3,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Buffer } from "node:buffer";
 import type protobuf from "protobufjs";
 import { invalidUtf8Field, loadCsi, loadRegistration, requestTypes } from "./proto.ts";
-import { CsiError, errorMessage, toRpcStatus } from "./csi/errors.ts";
+import { CsiError, errorMessage, toRpcStatus } from "./errors.ts";
 import { KEYS, type Logger } from "./log.ts";
 import type { IdentityService } from "./csi/identity.ts";
 import type { NodeService } from "./csi/node.ts";

@@ -4,7 +4,7 @@ import { Buffer } from "node:buffer";
 import protobuf from "protobufjs";
 import { createServer, listen, shutdown } from "./server.ts";
 import { setupLogging } from "./log.ts";
-import { Code, CsiError } from "./csi/errors.ts";
+import { Code, CsiError } from "./errors.ts";
 import { createIdentityService } from "./csi/identity.ts";
 import type { NodeService } from "./csi/node.ts";
 import { CsiClient } from "../tests/_csi_client.ts";

@@ -1,5 +1,5 @@
 /** CSI Node service: plain async handlers that know nothing of gRPC. */
-import { Code, CsiError, errorMessage, invalidArgument } from "./errors.ts";
+import { Code, CsiError, errorMessage, invalidArgument } from "../errors.ts";
 import type {
   Empty,
   NodeGetCapabilitiesResponse,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Code, CsiError } from "./errors.ts";
+import { Code, CsiError } from "../errors.ts";
 import { createNodeService, validatePublish } from "./node.ts";
 import type { NodePublishVolumeRequest } from "./types.ts";
 import { FakeMounter } from "../../tests/_fake_mounter.ts";
