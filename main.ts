@@ -1,7 +1,7 @@
 /** spiffe-csi-driver: parse flags, wire the parts, serve; stop gracefully on SIGTERM/SIGINT. */
 import { ConfigError, parseInvocation, VERSION } from "./lib/config.ts";
 import { setupLogging } from "./lib/log.ts";
-import { SystemMounter } from "./lib/mount.ts";
+import { SystemMounter } from "./lib/mount/mounter.ts";
 import { createIdentityService } from "./lib/csi/identity.ts";
 import { createNodeService } from "./lib/csi/node.ts";
 import { createRegistrationServer, createServer, listen, shutdown } from "./lib/server.ts";
@@ -9,10 +9,10 @@ import { createRegistrationService } from "./lib/registration.ts";
 import { acceptsConnection } from "./lib/socket_dir.ts";
 import { socketDirReadiness } from "./lib/readiness.ts";
 import { routeGrpcLogs } from "./lib/grpc_log.ts";
-import { auditStackedMounts } from "./lib/audit.ts";
+import { auditStackedMounts } from "./lib/mount/audit.ts";
 import { diagnose } from "./lib/diagnose.ts";
 import { errorMessage } from "./lib/errors.ts";
-import { DirPin } from "./lib/dir_pin.ts";
+import { DirPin } from "./lib/mount/dir_pin.ts";
 import { ungrantedPaths } from "./lib/permissions.ts";
 
 const SHUTDOWN_GRACE_MS = 10_000;

@@ -4,8 +4,8 @@
  * that needs a path outside that set reports UNKNOWN (with how to check by hand) instead of guessing.
  */
 import type { Config } from "./config.ts";
-import { isUtilLinux, type Mounter } from "./mount.ts";
-import { findStackedMounts } from "./audit.ts";
+import { isUtilLinux, type Mounter } from "./mount/mounter.ts";
+import { findStackedMounts } from "./mount/audit.ts";
 import { inspectSocketDir } from "./socket_dir.ts";
 
 /** How a check ended: UNKNOWN when it could not run (outside the permission set), SKIP when it does not apply. */

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { parseInvocation } from "./config.ts";
 import type { Config } from "./config.ts";
-import type { Mounter } from "./mount.ts";
+import type { Mounter } from "./mount/mounter.ts";
 import { permissionFlags } from "./permissions.ts";
 import {
   type CheckResult,

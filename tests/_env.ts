@@ -3,7 +3,7 @@
 // In-process handlers pin targets by changing the working directory; put it back afterwards.
 const START_DIR = Deno.cwd();
 
-import { type MountEntry, parseMountListing } from "../lib/mount_table.ts";
+import { type MountEntry, parseMountListing } from "../lib/mount/mount_table.ts";
 
 /** The mount table of this mount namespace, as `mount` lists it. */
 export async function mountTable(): Promise<MountEntry[]> {

@@ -1,6 +1,6 @@
 /** A Mounter that records calls and fails on demand (unit tests: no real mounts). */
-import { type Mounter, MountError } from "../lib/mount.ts";
-import type { MountTarget } from "../lib/pinned_target.ts";
+import { type Mounter, MountError } from "../lib/mount/mounter.ts";
+import type { MountTarget } from "../lib/mount/pinned_target.ts";
 
 /** One recorded call. */
 export interface MountCall {

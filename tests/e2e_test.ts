@@ -22,7 +22,7 @@ import {
   TRUST_DOMAIN,
   waitFor,
 } from "./_spire.ts";
-import { layersAt, parseMountListing } from "../lib/mount_table.ts";
+import { layersAt, parseMountListing } from "../lib/mount/mount_table.ts";
 
 const MOUNT = "/usr/bin/mount";
 const UMOUNT = "/usr/bin/umount";

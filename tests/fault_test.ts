@@ -9,7 +9,7 @@ import { status } from "@grpc/grpc-js";
 import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
 import { type DriverProcess, startDriver, type StartOptions } from "./_driver.ts";
 import { exists, makeTempTree, mountTable, prng, REAL_MOUNTS, type TempTree } from "./_env.ts";
-import { layersAt, type MountEntry } from "../lib/mount_table.ts";
+import { layersAt, type MountEntry } from "../lib/mount/mount_table.ts";
 
 const TARGETS = 50;
 const OPS = Number(Deno.env.get("FAULT_OPS") ?? "10000");

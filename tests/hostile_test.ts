@@ -11,7 +11,7 @@ import * as grpc from "@grpc/grpc-js";
 import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
 import { type DriverProcess, startDriver } from "./_driver.ts";
 import { makeTempTree, mountTable, prng, REAL_MOUNTS, type TempTree } from "./_env.ts";
-import { layersAt } from "../lib/mount_table.ts";
+import { layersAt } from "../lib/mount/mount_table.ts";
 
 const { status } = grpc;
 const MIB = 1024 * 1024;

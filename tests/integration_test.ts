@@ -6,7 +6,7 @@ import { status } from "@grpc/grpc-js";
 import { type DriverProcess, startDriver } from "./_driver.ts";
 import { CsiClient, publishRequest } from "./_csi_client.ts";
 import { makeTempTree, mountTable, REAL_MOUNTS, type TempTree } from "./_env.ts";
-import { layersAt } from "../lib/mount_table.ts";
+import { layersAt } from "../lib/mount/mount_table.ts";
 
 interface Setup {
   tree: TempTree;

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { layersAt } from "../lib/mount_table.ts";
+import { layersAt } from "../lib/mount/mount_table.ts";
 import { exists, mountTable } from "./_env.ts";
 import { LoggedProcess, waitFor } from "./_spire.ts";
 import type { Obj } from "./_kube_api.ts";

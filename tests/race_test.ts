@@ -14,7 +14,7 @@ import * as grpc from "@grpc/grpc-js";
 import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
 import { ROOT, startDriver } from "./_driver.ts";
 import { makeTempTree, mountTable, REAL_MOUNTS, type TempTree } from "./_env.ts";
-import { layersAt, type MountEntry } from "../lib/mount_table.ts";
+import { layersAt, type MountEntry } from "../lib/mount/mount_table.ts";
 
 const SWAPPER = `${ROOT}.tools/bin/swapper`;
 const CALLS = Number(Deno.env.get("RACE_CALLS") ?? 150);

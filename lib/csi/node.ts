@@ -9,10 +9,10 @@ import type {
   NodePublishVolumeRequest,
   NodeUnpublishVolumeRequest,
 } from "./types.ts";
-import type { Mounter } from "../mount.ts";
-import { assertNoSymlinks, parseTargetPath, quote, type TargetPath } from "../target_path.ts";
-import { pinnedIs, PinnedTarget } from "../pinned_target.ts";
-import { type DirPin, type Pin, PinMovedError } from "../dir_pin.ts";
+import type { Mounter } from "../mount/mounter.ts";
+import { assertNoSymlinks, parseTargetPath, quote, type TargetPath } from "../mount/target_path.ts";
+import { pinnedIs, PinnedTarget } from "../mount/pinned_target.ts";
+import { type DirPin, type Pin, PinMovedError } from "../mount/dir_pin.ts";
 import { inspectSocketDir } from "../socket_dir.ts";
 
 /** The volume context key kubelet sets for inline (ephemeral) volumes. */

@@ -3,7 +3,7 @@ import { Code, CsiError } from "../errors.ts";
 import { createNodeService, validatePublish } from "./node.ts";
 import type { NodePublishVolumeRequest } from "./types.ts";
 import { FakeMounter } from "../../tests/_fake_mounter.ts";
-import { DirPin } from "../dir_pin.ts";
+import { DirPin } from "../mount/dir_pin.ts";
 import { makeTempTree } from "../../tests/_env.ts";
 import { publishRequest } from "../../tests/_csi_client.ts";
 

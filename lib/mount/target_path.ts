@@ -3,7 +3,7 @@
  * an inline CSI volume, `<kubelet-dir>/pods/<pod-uid>/volumes/kubernetes.io~csi/<volume>/mount`,
  * with no symlink in any component below the kubelet dir.
  */
-import { invalidArgument } from "./errors.ts";
+import { invalidArgument } from "../errors.ts";
 
 /** The parts of a confined target path. */
 export interface TargetPath {

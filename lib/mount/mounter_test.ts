@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mountArgs } from "./mount.ts";
+import { mountArgs } from "./mounter.ts";
 import type { MountTarget } from "./pinned_target.ts";
 
 const target: MountTarget = {

@@ -1,6 +1,6 @@
 /** The Mounter interface and the system mounter: mount/umount through Deno.Command, never a shell. */
 import type { MountTarget } from "./pinned_target.ts";
-import { errorMessage } from "./errors.ts";
+import { errorMessage } from "../errors.ts";
 
 /** Bind mounts and unmounts; injected so tests can use a fake. */
 export interface Mounter {

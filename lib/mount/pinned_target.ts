@@ -1,12 +1,12 @@
 /**
- * The filesystem steps on one publish target, each taken through the pin (lib/dir_pin.ts) so that
+ * The filesystem steps on one publish target, each taken through the pin (dir_pin.ts) so that
  * a symlink swapped into the target's path cannot redirect it: the parent is pinned and verified,
  * the target is created, inspected and removed by name inside the pinned parent, and mount/umount
  * act on the pinned target directory itself.
  */
 import { rmdirSync } from "node:fs";
 import type { Pin } from "./dir_pin.ts";
-import { invalidArgument } from "./errors.ts";
+import { invalidArgument } from "../errors.ts";
 import { quote } from "./target_path.ts";
 
 /** What mount and umount are pointed at: the pinned directory, named for messages by its path. */

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { layersAt, layersUnder, parseMountListing } from "./mount_table.ts";
 
 const fixture = (name: string) =>
-  Deno.readTextFileSync(new URL(`../tests/fixtures/${name}`, import.meta.url));
+  Deno.readTextFileSync(new URL(`../../tests/fixtures/${name}`, import.meta.url));
 
 Deno.test("parseMountListing() reads util-linux output, including paths with spaces and ' type '", () => {
   const entries = parseMountListing(fixture("mount_util_linux.txt"));

@@ -1,6 +1,6 @@
 /** Start-up audit: find published targets with more than one mount layer (upstream #331) and optionally prune them. */
-import type { Mounter } from "./mount.ts";
-import type { Logger } from "./log.ts";
+import type { Mounter } from "./mounter.ts";
+import type { Logger } from "../log.ts";
 import { layersUnder, parseMountListing } from "./mount_table.ts";
 import { parseTargetPath } from "./target_path.ts";
 import { pinnedIs, PinnedTarget, sameFile } from "./pinned_target.ts";
