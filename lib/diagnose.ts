@@ -6,7 +6,7 @@
 import type { Config } from "./config.ts";
 import { isUtilLinux, type Mounter } from "./mount/mounter.ts";
 import { findStackedMounts } from "./mount/audit.ts";
-import { inspectSocketDir } from "./socket_dir.ts";
+import { inspectSocketDir } from "./health/socket_dir.ts";
 
 /** How a check ended: UNKNOWN when it could not run (outside the permission set), SKIP when it does not apply. */
 export type CheckStatus = "pass" | "fail" | "unknown" | "skip";

@@ -13,7 +13,7 @@ import type { Mounter } from "../mount/mounter.ts";
 import { assertNoSymlinks, parseTargetPath, quote, type TargetPath } from "../mount/target_path.ts";
 import { pinnedIs, PinnedTarget } from "../mount/pinned_target.ts";
 import { type DirPin, type Pin, PinMovedError } from "../mount/dir_pin.ts";
-import { inspectSocketDir } from "../socket_dir.ts";
+import { inspectSocketDir } from "../health/socket_dir.ts";
 
 /** The volume context key kubelet sets for inline (ephemeral) volumes. */
 export const EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral";

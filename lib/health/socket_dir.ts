@@ -1,5 +1,5 @@
 /** Health of a Workload API socket directory: can it be listed, and does a socket in it accept? */
-import { errorMessage } from "./errors.ts";
+import { errorMessage } from "../errors.ts";
 
 /** What inspectSocketDir found. */
 export interface SocketDirHealth {

@@ -1,5 +1,5 @@
 /** Probe's readiness, with the reason logged once each time it changes (not once per call). */
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 import { inspectSocketDir } from "./socket_dir.ts";
 
 /** Readiness of the driver: the Workload API socket dir can be listed. */
