@@ -1,5 +1,5 @@
 /** spiffe-csi-driver: parse flags, wire the parts, serve; stop gracefully on SIGTERM/SIGINT. */
-import { ConfigError, parseInvocation, VERSION } from "./lib/config.ts";
+import { ConfigError, parseInvocation, VERSION } from "./lib/config/flags.ts";
 import { setupLogging } from "./lib/log.ts";
 import { SystemMounter } from "./lib/mount/mounter.ts";
 import { createIdentityService } from "./lib/csi/identity.ts";
@@ -13,7 +13,7 @@ import { auditStackedMounts } from "./lib/mount/audit.ts";
 import { diagnose } from "./lib/diagnose.ts";
 import { errorMessage } from "./lib/errors.ts";
 import { DirPin } from "./lib/mount/dir_pin.ts";
-import { ungrantedPaths } from "./lib/permissions.ts";
+import { ungrantedPaths } from "./lib/config/permissions.ts";
 
 const SHUTDOWN_GRACE_MS = 10_000;
 /** How long a server already on the CSI socket has to accept a connection. */

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { parseInvocation } from "./config.ts";
-import type { Config } from "./config.ts";
+import { parseInvocation } from "./config/flags.ts";
+import type { Config } from "./config/flags.ts";
 import type { Mounter } from "./mount/mounter.ts";
-import { permissionFlags } from "./permissions.ts";
+import { permissionFlags } from "./config/permissions.ts";
 import {
   type CheckResult,
   type CheckStatus,
@@ -389,7 +389,7 @@ Deno.test("diagnose runs under the driver's permission set and reports what it c
     await Deno.writeTextFile(
       script,
       [
-        `import { parseInvocation } from "${ROOT}lib/config.ts";`,
+        `import { parseInvocation } from "${ROOT}lib/config/flags.ts";`,
         `import { diagnose } from "${ROOT}lib/diagnose.ts";`,
         `const inv = parseInvocation(Deno.args);`,
         `if (inv.command !== "diagnose") throw new Error("expected diagnose");`,

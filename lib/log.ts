@@ -7,7 +7,7 @@ import {
   type LogLevel as LogtapeLevel,
   type LogRecord,
 } from "@logtape/logtape";
-import type { LogFormat, LogLevel } from "./config.ts";
+import type { LogFormat, LogLevel } from "./config/flags.ts";
 
 export type { Logger };
 

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createRegistrationService, SUPPORTED_VERSIONS } from "./registration.ts";
-import { parseInvocation, registrationSocketPath } from "./config.ts";
-import { CONTAINER_PATHS, declaredPermissionSet, permissionSet } from "./permissions.ts";
+import { parseInvocation, registrationSocketPath } from "./config/flags.ts";
+import { CONTAINER_PATHS, declaredPermissionSet, permissionSet } from "./config/permissions.ts";
 
 Deno.test("GetInfo answers as node-driver-registrar: CSIPlugin, the name, the host endpoint, 1.0.0", async () => {
   const service = createRegistrationService({

@@ -1,7 +1,7 @@
 /** Starts the real driver as a child process under its permission set, exactly as the start task does. */
 import { fileURLToPath } from "node:url";
-import { driverRunArgs } from "../lib/permissions.ts";
-import { type Config, parseInvocation } from "../lib/config.ts";
+import { driverRunArgs } from "../lib/config/permissions.ts";
+import { type Config, parseInvocation } from "../lib/config/flags.ts";
 import { CsiClient } from "./_csi_client.ts";
 
 /** The project root. */

@@ -11,7 +11,7 @@ import {
   declaredPermissionSet,
   permissionFlags,
   V8_FLAGS,
-} from "../lib/permissions.ts";
+} from "../lib/config/permissions.ts";
 import {
   BINARY_NAME,
   checkArgs,

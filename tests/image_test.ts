@@ -1,13 +1,13 @@
 // deno-lint-ignore-file no-console
 /**
  * The driver as the image runs it: under the image's permission set (every well-known container
- * layout, lib/permissions.ts), with the arguments other deployments pass. The container's file
+ * layout, lib/config/permissions.ts), with the arguments other deployments pass. The container's file
  * system is a chroot built inside tests/run.sh's private mount namespace, so the container paths
  * (/spire-agent-socket, /spiffe-csi, /var/lib/kubelet/pods) exist without touching the host's.
  */
 import assert from "node:assert/strict";
-import { type Config, parseInvocation } from "../lib/config.ts";
-import { CONTAINER_PATHS, permissionFlags, V8_FLAGS } from "../lib/permissions.ts";
+import { type Config, parseInvocation } from "../lib/config/flags.ts";
+import { CONTAINER_PATHS, permissionFlags, V8_FLAGS } from "../lib/config/permissions.ts";
 import { dirname } from "node:path";
 import { type DriverProcess, ROOT, spawnDriver } from "./_driver.ts";
 import { CsiClient, publishRequest } from "./_csi_client.ts";

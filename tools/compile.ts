@@ -1,14 +1,14 @@
 /**
  * `deno task compile [--target=amd64|arm64|x86_64-unknown-linux-gnu|aarch64-unknown-linux-gnu|all]`:
  * builds the single-binary driver into `dist/<target>/spiffe-csi-driver` with `deno compile`, under
- * the driver's one permission set (lib/permissions.ts) and its V8 flags. The proto is embedded
+ * the driver's one permission set (lib/config/permissions.ts) and its V8 flags. The proto is embedded
  * through the JSON import in lib/proto.ts, so nothing else is included.
  *
  * `deno compile` downloads Deno's `denort` runtime for the target. Where that download cannot happen
  * (no internet), this task stops with one line saying so and exits non-zero: it never substitutes
  * another runtime.
  */
-import { type DriverPaths, permissionFlags, V8_FLAGS } from "../lib/permissions.ts";
+import { type DriverPaths, permissionFlags, V8_FLAGS } from "../lib/config/permissions.ts";
 
 /** The Linux targets the driver is built for. */
 export const TARGETS = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"] as const;

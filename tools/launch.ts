@@ -3,10 +3,10 @@
  * the command line. Relative paths are resolved here; missing local directories are created so the
  * driver can be tried without a cluster. Signals are passed on; the driver's exit code is returned.
  */
-import { ConfigError, parseInvocation } from "../lib/config.ts";
+import { ConfigError, parseInvocation } from "../lib/config/flags.ts";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { driverRunArgs, permissionFlags } from "../lib/permissions.ts";
+import { driverRunArgs, permissionFlags } from "../lib/config/permissions.ts";
 
 const entry = fileURLToPath(new URL("../main.ts", import.meta.url));
 let invocation;

@@ -1,7 +1,7 @@
 /** Command-line flags and environment -> Config. Pure: no I/O beyond what the caller passes in. */
 import { parseArgs } from "node:util";
 import { dirname, isAbsolute, resolve } from "node:path";
-import denoConfig from "../deno.json" with { type: "json" };
+import denoConfig from "../../deno.json" with { type: "json" };
 import type { DriverPaths } from "./permissions.ts";
 
 /** Log levels accepted by `-log-level`. */

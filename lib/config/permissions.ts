@@ -9,8 +9,8 @@
  * alternative; a set for configured paths (the start task, the tests) replaces all alternatives of
  * a role by the one configured path, so it is as tight as the configuration.
  */
-import denoConfig from "../deno.json" with { type: "json" };
-import { type Config, configToArgs, DEFAULT_SOCKET_NAMES } from "./config.ts";
+import denoConfig from "../../deno.json" with { type: "json" };
+import { type Config, configToArgs, DEFAULT_SOCKET_NAMES } from "./flags.ts";
 
 /** The paths and names the permission set depends on. */
 export interface DriverPaths {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConfigError, configToArgs, parseInvocation, usage } from "./config.ts";
+import { ConfigError, configToArgs, parseInvocation, usage } from "./flags.ts";
 
 const env = (vars: Record<string, string>) => ({ getEnv: (name: string) => vars[name] });
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { DEFAULT_SOCKET_NAMES } from "./config.ts";
+import { DEFAULT_SOCKET_NAMES } from "./flags.ts";
 import {
   CONTAINER_PATHS,
   containerLayouts,
@@ -11,7 +11,7 @@ import {
   ungrantedPaths,
 } from "./permissions.ts";
 
-const PROBE = fileURLToPath(new URL("../tests/fixtures/sandbox_probe.ts", import.meta.url));
+const PROBE = fileURLToPath(new URL("../../tests/fixtures/sandbox_probe.ts", import.meta.url));
 
 const PODS_DIRS = [
   "/var/lib/kubelet/pods",
