@@ -10,7 +10,7 @@ import { acceptsConnection } from "./lib/health/socket_dir.ts";
 import { socketDirReadiness } from "./lib/health/readiness.ts";
 import { routeGrpcLogs } from "./lib/grpc_log.ts";
 import { auditStackedMounts } from "./lib/mount/audit.ts";
-import { diagnose } from "./lib/diagnose.ts";
+import { diagnose } from "./lib/diagnose/mod.ts";
 import { errorMessage } from "./lib/errors.ts";
 import { DirPin } from "./lib/mount/dir_pin.ts";
 import { ungrantedPaths } from "./lib/config/permissions.ts";

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import protobuf from "protobufjs";
 import embedded from "./csi_proto.json" with { type: "json" };
 import registrationEmbedded from "./registration_proto.json" with { type: "json" };
-import { PROTO_FILE, protoToJson, REGISTRATION_PROTO_FILE } from "./proto_json.ts";
+import { PROTO_FILE, protoToJson, REGISTRATION_PROTO_FILE } from "../tools/proto_json.ts";
 import { invalidUtf8Field, loadCsi, loadRegistration, requestTypes } from "./proto.ts";
 
 Deno.test("lib/csi_proto.json is up to date with proto/csi.proto (run deno task gen-proto)", async () => {

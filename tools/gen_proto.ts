@@ -1,5 +1,5 @@
 /** Regenerates lib/csi_proto.json and lib/registration_proto.json from proto/ (deno task gen-proto). */
-import { PROTO_FILE, protoToJson, REGISTRATION_PROTO_FILE } from "../lib/proto_json.ts";
+import { PROTO_FILE, protoToJson, REGISTRATION_PROTO_FILE } from "./proto_json.ts";
 
 for (
   const [proto, out] of [

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { parseInvocation } from "./config/flags.ts";
-import type { Config } from "./config/flags.ts";
-import type { Mounter } from "./mount/mounter.ts";
-import { permissionFlags } from "./config/permissions.ts";
+import { parseInvocation } from "../config/flags.ts";
+import type { Config } from "../config/flags.ts";
+import type { Mounter } from "../mount/mounter.ts";
+import { permissionFlags } from "../config/permissions.ts";
 import {
   type CheckResult,
   type CheckStatus,
@@ -11,10 +11,10 @@ import {
   exitCode,
   formatChecklist,
   runChecks,
-} from "./diagnose.ts";
-import { makeTempTree, REAL_MOUNTS, type TempTree } from "../tests/_env.ts";
+} from "./mod.ts";
+import { makeTempTree, REAL_MOUNTS, type TempTree } from "../../tests/_env.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
 /** A fake Mounter: `list` prints the given table (or throws it). */
 function fakeMounter(listing: string | Error = ""): Mounter {
@@ -390,7 +390,7 @@ Deno.test("diagnose runs under the driver's permission set and reports what it c
       script,
       [
         `import { parseInvocation } from "${ROOT}lib/config/flags.ts";`,
-        `import { diagnose } from "${ROOT}lib/diagnose.ts";`,
+        `import { diagnose } from "${ROOT}lib/diagnose/mod.ts";`,
         `const inv = parseInvocation(Deno.args);`,
         `if (inv.command !== "diagnose") throw new Error("expected diagnose");`,
         `const mounter = { bindMount: () => Promise.reject(), unmount: () => Promise.reject(),`,

@@ -3,10 +3,10 @@
  * checklist with a fix for each failure. It runs under the driver's own permission set, so a check
  * that needs a path outside that set reports UNKNOWN (with how to check by hand) instead of guessing.
  */
-import type { Config } from "./config/flags.ts";
-import { isUtilLinux, type Mounter } from "./mount/mounter.ts";
-import { findStackedMounts } from "./mount/audit.ts";
-import { inspectSocketDir } from "./health/socket_dir.ts";
+import type { Config } from "../config/flags.ts";
+import { isUtilLinux, type Mounter } from "../mount/mounter.ts";
+import { findStackedMounts } from "../mount/audit.ts";
+import { inspectSocketDir } from "../health/socket_dir.ts";
 
 /** How a check ended: UNKNOWN when it could not run (outside the permission set), SKIP when it does not apply. */
 export type CheckStatus = "pass" | "fail" | "unknown" | "skip";
