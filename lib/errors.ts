@@ -1,30 +1,27 @@
-/** The one error type CSI handlers throw, and the one mapper from any error to a gRPC status. */
-import { status as Code } from "@grpc/grpc-js";
+/** The domain errors every layer throws, in the driver's own terms: lib/server.ts maps them to gRPC. */
 
-export { Code };
+/** What a failure means for the client; lib/server.ts turns each into its gRPC status. */
+export const Code = Object.freeze(
+  {
+    INVALID_ARGUMENT: "INVALID_ARGUMENT",
+    NOT_FOUND: "NOT_FOUND",
+    INTERNAL: "INTERNAL",
+    UNIMPLEMENTED: "UNIMPLEMENTED",
+  } as const,
+);
+/** One of the codes in `Code`. */
+export type Code = typeof Code[keyof typeof Code];
 
-/** An error a CSI client should see: a gRPC status code and a message safe to send. */
+/** An error a CSI client should see: what kind of failure it is and a message safe to send. */
 export class CsiError extends Error {
   override name = "CsiError";
-  /** The gRPC status code. */
+  /** What kind of failure, in the driver's terms. */
   readonly code: Code;
 
   constructor(code: Code, message: string, options?: ErrorOptions) {
     super(message, options);
     this.code = code;
   }
-}
-
-/** A gRPC status as sent to clients. */
-export interface RpcStatus {
-  code: Code;
-  details: string;
-}
-
-/** Maps any error to the status a client sees: a CsiError keeps its code and message, anything else is Internal with a short message. */
-export function toRpcStatus(error: unknown): RpcStatus {
-  if (error instanceof CsiError) return { code: error.code, details: error.message };
-  return { code: Code.INTERNAL, details: "internal error" };
 }
 
 /** Shorthand for an InvalidArgument CsiError. */

@@ -3,7 +3,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Buffer } from "node:buffer";
 import type protobuf from "protobufjs";
 import { invalidUtf8Field, loadCsi, loadRegistration, requestTypes } from "./proto.ts";
-import { CsiError, errorMessage, toRpcStatus } from "./errors.ts";
+import { Code, CsiError, errorMessage } from "./errors.ts";
 import { KEYS, type Logger } from "./log.ts";
 import type { IdentityService } from "./csi/identity.ts";
 import type { NodeService } from "./csi/node.ts";
@@ -36,6 +36,26 @@ export function requestLogFields(request: unknown): Record<string, string> {
   return fields;
 }
 
+/** A gRPC status as sent to clients. */
+export interface RpcStatus {
+  code: grpc.status;
+  details: string;
+}
+
+/** Each domain error code's gRPC status. */
+const STATUS: Readonly<Record<Code, grpc.status>> = {
+  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
+  NOT_FOUND: grpc.status.NOT_FOUND,
+  INTERNAL: grpc.status.INTERNAL,
+  UNIMPLEMENTED: grpc.status.UNIMPLEMENTED,
+};
+
+/** The one mapper from any error to the status a client sees: a CsiError keeps its kind and message, anything else is Internal with a short message. */
+export function toRpcStatus(error: unknown): RpcStatus {
+  if (error instanceof CsiError) return { code: STATUS[error.code], details: error.message };
+  return { code: grpc.status.INTERNAL, details: "internal error" };
+}
+
 /** A request refused while decoding: it never reaches a handler. */
 class UndecodableRequest {
   readonly message: string;
@@ -54,7 +74,7 @@ function wrap(
     const fields = requestLogFields(call.request);
     try {
       if (call.request instanceof UndecodableRequest) {
-        throw new CsiError(grpc.status.INVALID_ARGUMENT, call.request.message);
+        throw new CsiError(Code.INVALID_ARGUMENT, call.request.message);
       }
       const response = await handler(call.request);
       log.info("RPC succeeded", {

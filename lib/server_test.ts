@@ -2,12 +2,31 @@ import assert from "node:assert/strict";
 import { Client, credentials, status } from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
 import protobuf from "protobufjs";
-import { createServer, listen, shutdown } from "./server.ts";
+import { createServer, listen, shutdown, toRpcStatus } from "./server.ts";
 import { setupLogging } from "./log.ts";
 import { Code, CsiError } from "./errors.ts";
 import { createIdentityService } from "./csi/identity.ts";
 import type { NodeService } from "./csi/node.ts";
 import { CsiClient } from "../tests/_csi_client.ts";
+
+Deno.test("toRpcStatus() keeps a CsiError's code and message", () => {
+  assert.deepEqual(toRpcStatus(new CsiError(Code.NOT_FOUND, "volume path does not exist")), {
+    code: status.NOT_FOUND,
+    details: "volume path does not exist",
+  });
+});
+
+Deno.test("toRpcStatus() gives each domain code the gRPC status of the same name", () => {
+  for (const code of Object.values(Code)) {
+    assert.equal(status[toRpcStatus(new CsiError(code, "m")).code], code);
+  }
+});
+
+Deno.test("toRpcStatus() turns anything else into a short Internal status without a stack", () => {
+  for (const error of [new Error("secret detail\n    at x.ts:1"), "text", null, { code: 5 }]) {
+    assert.deepEqual(toRpcStatus(error), { code: status.INTERNAL, details: "internal error" });
+  }
+});
 
 const IDENTITY = createIdentityService({
   pluginName: "csi.spiffe.io",

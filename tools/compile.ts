@@ -8,7 +8,8 @@
  * (no internet), this task stops with one line saying so and exits non-zero: it never substitutes
  * another runtime.
  */
-import { type DriverPaths, permissionFlags, V8_FLAGS } from "../lib/config/permissions.ts";
+import type { DriverPaths } from "../lib/config/flags.ts";
+import { permissionFlags, V8_FLAGS } from "../lib/config/permissions.ts";
 
 /** The Linux targets the driver is built for. */
 export const TARGETS = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"] as const;

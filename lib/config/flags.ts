@@ -2,7 +2,6 @@
 import { parseArgs } from "node:util";
 import { dirname, isAbsolute, resolve } from "node:path";
 import denoConfig from "../../deno.json" with { type: "json" };
-import type { DriverPaths } from "./permissions.ts";
 
 /** Log levels accepted by `-log-level`. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
@@ -22,6 +21,28 @@ export const DEFAULT_SOCKET_NAMES: readonly string[] = Object.freeze([
 
 /** The driver's version, reported by `--version` and GetPluginInfo. */
 export const VERSION: string = denoConfig.version;
+
+/** The paths and names the permission set depends on. */
+export interface DriverPaths {
+  /** Directory holding the Workload API socket (read, and connect for health checks). */
+  socketDir: string;
+  /** The CSI socket the driver listens on. */
+  csiSocketPath: string;
+  /** Kubelet's root directory; the driver mounts under `<kubeletDir>/pods`. */
+  kubeletDir: string;
+  /** Environment variable holding the node id. */
+  nodeIdEnv: string;
+  /** Absolute path of the mount binary. */
+  mountPath: string;
+  /** Absolute path of the umount binary. */
+  umountPath: string;
+  /** Names of the Workload API sockets the driver may connect to (health checks). */
+  socketNames: string[];
+  /** The symlink to /proc/self/cwd the driver reaches its pinned directory through. */
+  cwdLink: string;
+  /** Built-in registration's socket (`<plugin-registration-path>/<plugin-name>-reg.sock`); unset: none. */
+  registrationSocketPath?: string;
+}
 
 /** Everything the driver needs to run, validated. */
 export interface Config extends DriverPaths {

@@ -10,29 +10,7 @@
  * a role by the one configured path, so it is as tight as the configuration.
  */
 import denoConfig from "../../deno.json" with { type: "json" };
-import { type Config, configToArgs, DEFAULT_SOCKET_NAMES } from "./flags.ts";
-
-/** The paths and names the permission set depends on. */
-export interface DriverPaths {
-  /** Directory holding the Workload API socket (read, and connect for health checks). */
-  socketDir: string;
-  /** The CSI socket the driver listens on. */
-  csiSocketPath: string;
-  /** Kubelet's root directory; the driver mounts under `<kubeletDir>/pods`. */
-  kubeletDir: string;
-  /** Environment variable holding the node id. */
-  nodeIdEnv: string;
-  /** Absolute path of the mount binary. */
-  mountPath: string;
-  /** Absolute path of the umount binary. */
-  umountPath: string;
-  /** Names of the Workload API sockets the driver may connect to (health checks). */
-  socketNames: string[];
-  /** The symlink to /proc/self/cwd the driver reaches its pinned directory through. */
-  cwdLink: string;
-  /** Built-in registration's socket (`<plugin-registration-path>/<plugin-name>-reg.sock`); unset: none. */
-  registrationSocketPath?: string;
-}
+import { type Config, configToArgs, DEFAULT_SOCKET_NAMES, type DriverPaths } from "./flags.ts";
 
 /** A permission set: allowlists by kind, as in deno.json. */
 export interface PermissionSet {

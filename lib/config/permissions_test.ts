@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { DEFAULT_SOCKET_NAMES } from "./flags.ts";
+import { DEFAULT_SOCKET_NAMES, type DriverPaths } from "./flags.ts";
 import {
   CONTAINER_PATHS,
   containerLayouts,
   declaredPermissionSet,
-  type DriverPaths,
   permissionFlags,
   permissionSet,
   ungrantedPaths,

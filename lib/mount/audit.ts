@@ -3,8 +3,8 @@ import type { Mounter } from "./mounter.ts";
 import type { Logger } from "../log.ts";
 import { layersUnder, parseMountListing } from "./mount_table.ts";
 import { parseTargetPath } from "./target_path.ts";
-import { pinnedIs, PinnedTarget, sameFile } from "./pinned_target.ts";
-import type { DirPin } from "./dir_pin.ts";
+import { pinnedIs, PinnedTarget } from "./pinned_target.ts";
+import { type DirPin, sameFile } from "./dir_pin.ts";
 
 /** A target with stacked layers. */
 export interface StackedTarget {

@@ -15,8 +15,6 @@
  * pin until every child it started has exited.
  */
 
-import { sameFile } from "./pinned_target.ts";
-
 /** The pinned directory is not where it was asked to be: a symlink, or a rename while in use. */
 export class PinMovedError extends Error {
   override name = "PinMovedError";
@@ -145,5 +143,16 @@ export class DirPin {
         return name === undefined ? link : `${link}/${name}`;
       },
     };
+  }
+}
+
+/** True when `a` and `b` are the same directory (device and inode); false when either cannot be stat'ed. */
+export function sameFile(a: string, b: string): boolean {
+  try {
+    const x = Deno.statSync(a);
+    const y = Deno.statSync(b);
+    return x.dev === y.dev && x.ino !== null && x.ino === y.ino;
+  } catch {
+    return false;
   }
 }

@@ -5,7 +5,7 @@
  * act on the pinned target directory itself.
  */
 import { rmdirSync } from "node:fs";
-import type { Pin } from "./dir_pin.ts";
+import { type Pin, sameFile } from "./dir_pin.ts";
 import { invalidArgument } from "../errors.ts";
 import { quote } from "./target_path.ts";
 
@@ -140,17 +140,6 @@ export interface ClearResult {
 /** True when the pinned directory is `dir` (same device and inode): the target is a bind of it. */
 export function pinnedIs(pin: Pin, dir: string): boolean {
   return sameFile(pin.path(), dir);
-}
-
-/** True when `a` and `b` are the same directory (device and inode); false when either cannot be stat'ed. */
-export function sameFile(a: string, b: string): boolean {
-  try {
-    const x = Deno.statSync(a);
-    const y = Deno.statSync(b);
-    return x.dev === y.dev && x.ino !== null && x.ino === y.ino;
-  } catch {
-    return false;
-  }
 }
 
 /** lstat that answers null for a missing path. */
