@@ -73,19 +73,32 @@ export async function inspectSocketDir(
   };
 }
 
+/** How a connection attempt on a Unix socket ended. */
+export type ConnectOutcome = { accepted: true } | { accepted: false; error: unknown };
+
+/** Connects to the Unix socket at `path` and closes the connection at once; not accepted after `timeoutMs`. */
+export async function tryConnect(path: string, timeoutMs: number): Promise<ConnectOutcome> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<ConnectOutcome>((resolve) => {
+    timer = setTimeout(
+      () => resolve({ accepted: false, error: new Error(`no answer in ${timeoutMs} ms`) }),
+      timeoutMs,
+    );
+  });
+  // A connection that comes after the timeout is closed as well.
+  const attempt = Deno.connect({ transport: "unix", path }).then(
+    (conn): ConnectOutcome => {
+      conn.close();
+      return { accepted: true };
+    },
+    (error: unknown): ConnectOutcome => ({ accepted: false, error }),
+  );
+  const outcome = await Promise.race([attempt, timeout]);
+  clearTimeout(timer);
+  return outcome;
+}
+
 /** Whether a server accepts a connection on the Unix socket at `path` within `timeoutMs`. */
 export async function acceptsConnection(path: string, timeoutMs: number): Promise<boolean> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<null>((resolve) => {
-    timer = setTimeout(() => resolve(null), timeoutMs);
-  });
-  const attempt = Deno.connect({ transport: "unix", path }).catch(() => null);
-  const conn = await Promise.race([attempt, timeout]);
-  clearTimeout(timer);
-  if (conn === null) {
-    attempt.then((late) => late?.close());
-    return false;
-  }
-  conn.close();
-  return true;
+  return (await tryConnect(path, timeoutMs)).accepted;
 }
