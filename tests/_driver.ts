@@ -54,7 +54,7 @@ export function startDriver(options: StartOptions): Promise<DriverProcess> {
   return spawnDriver({
     config,
     command: Deno.execPath(),
-    args: driverRunArgs(config, ENTRY),
+    args: driverRunArgs({ command: "run", config }, ENTRY),
     waitReady: options.waitReady ?? true,
   });
 }

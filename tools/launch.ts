@@ -36,11 +36,7 @@ if (invocation.command === "help" || invocation.command === "version") {
     }
     await ensureCwdLink(config.cwdLink);
   }
-  const extra = invocation.command === "diagnose" ? ["diagnose"] : [];
-  if (invocation.command === "diagnose" && invocation.registrationDir) {
-    extra.push(`-registration-dir=${invocation.registrationDir}`);
-  }
-  args = driverRunArgs(config, entry, extra);
+  args = driverRunArgs(invocation, entry);
 }
 
 const child = new Deno.Command(Deno.execPath(), { args, stdin: "null" }).spawn();

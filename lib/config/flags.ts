@@ -1,5 +1,4 @@
 /** Command-line flags and environment -> Config. Pure: no I/O beyond what the caller passes in. */
-import { parseArgs } from "node:util";
 import { dirname, isAbsolute, resolve } from "node:path";
 import denoConfig from "../../deno.json" with { type: "json" };
 
@@ -75,10 +74,15 @@ export interface ParseOptions {
   cwd?: string;
 }
 
+/** A command line that starts the driver: run or diagnose, with the settings it was given. */
+export type DriverInvocation = Extract<Invocation, { config: Config }>;
+
 interface FlagSpec {
   type: "string" | "boolean";
   default?: string | boolean;
   help: string;
+  /** The value that sets this flag again on a re-start (undefined or false: leave it out). */
+  arg?: (invocation: DriverInvocation) => string | boolean | undefined;
 }
 
 // Upstream spiffe-csi's flags first (same names, same defaults), then this driver's own.
@@ -87,67 +91,98 @@ const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     default: "/spiffe-csi/csi.sock",
     help: "Path to the CSI socket",
+    arg: ({ config: c }) => c.csiSocketPath,
   },
   "node-id": {
     type: "string",
     help:
       "Kubernetes Node ID. If unset, the node ID is obtained from the environment (i.e., -node-id-env)",
+    arg: ({ config: c }) => c.nodeId,
   },
   "node-id-env": {
     type: "string",
     default: "MY_NODE_NAME",
     help: "Envvar from which to obtain the node ID. Overridden by -node-id.",
+    arg: ({ config: c }) => c.nodeIdEnv,
   },
-  "plugin-name": { type: "string", default: "csi.spiffe.io", help: "Plugin name to register" },
-  "workload-api-socket-dir": { type: "string", help: "Path to the Workload API socket directory" },
+  "plugin-name": {
+    type: "string",
+    default: "csi.spiffe.io",
+    help: "Plugin name to register",
+    arg: ({ config: c }) => c.pluginName,
+  },
+  "workload-api-socket-dir": {
+    type: "string",
+    help: "Path to the Workload API socket directory",
+    arg: ({ config: c }) => c.socketDir,
+  },
   "workload-api-socket-names": {
     type: "string",
     default: DEFAULT_SOCKET_NAMES.join(","),
     help:
       "Comma-separated names of the Workload API sockets in the socket dir that health checks may connect to",
+    arg: ({ config: c }) => c.socketNames.join(","),
   },
   "kubelet-dir": {
     type: "string",
     default: "/var/lib/kubelet",
     help: "Kubelet's root directory; publish targets must lie under <dir>/pods",
+    arg: ({ config: c }) => c.kubeletDir,
   },
-  "log-level": { type: "string", default: "info", help: "Log level: debug, info, warn or error" },
-  "log-format": { type: "string", default: "json", help: "Log format: json or text" },
+  "log-level": {
+    type: "string",
+    default: "info",
+    help: "Log level: debug, info, warn or error",
+    arg: ({ config: c }) => c.logLevel,
+  },
+  "log-format": {
+    type: "string",
+    default: "json",
+    help: "Log format: json or text",
+    arg: ({ config: c }) => c.logFormat,
+  },
   "prune-stacked-mounts": {
     type: "boolean",
     default: false,
     help: "At start, unmount extra layers stacked on published targets",
+    arg: ({ config: c }) => c.pruneStackedMounts,
   },
   "mount-path": {
     type: "string",
     default: "/usr/bin/mount",
     help: "Absolute path of the mount binary",
+    arg: ({ config: c }) => c.mountPath,
   },
   "umount-path": {
     type: "string",
     default: "/usr/bin/umount",
     help: "Absolute path of the umount binary",
+    arg: ({ config: c }) => c.umountPath,
   },
   "cwd-link": {
     type: "string",
     default: "/run/spiffe-csi-driver/cwd",
     help:
       "A symlink to /proc/self/cwd: the driver's race-free way to its pinned directory (the image ships it)",
+    arg: ({ config: c }) => c.cwdLink,
   },
   "kubelet-registration-path": {
     type: "string",
     help:
       "Serve kubelet's plugin registration with this host path of the CSI socket as the endpoint (as node-driver-registrar's flag); unset: no built-in registration",
+    arg: ({ config: c }) => c.registrationSocketPath && c.kubeletRegistrationPath,
   },
   "plugin-registration-path": {
     type: "string",
     default: "/registration",
     help:
       "Directory kubelet watches for registration sockets; the driver serves <dir>/<plugin-name>-reg.sock",
+    arg: ({ config: c }) => c.registrationSocketPath && dirname(c.registrationSocketPath),
   },
   "registration-dir": {
     type: "string",
     help: "diagnose only: kubelet's plugin registration directory to check",
+    arg: (i) => i.command === "diagnose" ? i.registrationDir : undefined,
   },
   "help": { type: "boolean", help: "Show this help" },
   "version": { type: "boolean", help: "Print the version and exit" },
@@ -170,30 +205,18 @@ export function usage(): string {
 
 /** Parses the command line (upstream's Go-style flags: `-f v`, `-f=v`, `--f v`, `--f=v`). */
 export function parseInvocation(args: string[], options: ParseOptions = {}): Invocation {
-  const normalized = normalizeArgs(args);
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: normalized,
-      options: Object.fromEntries(
-        Object.entries(FLAGS).map(([name, spec]) => [name, { type: spec.type }]),
-      ),
-      strict: true,
-      allowPositionals: true,
-    });
-  } catch (error) {
-    throw new ConfigError(flagErrorMessage(error));
+  const { values, positionals } = parseFlags(args);
+  if (values.get("help") === true) return { command: "help", text: usage() };
+  if (values.get("version") === true) {
+    return { command: "version", text: `spiffe-csi-driver ${VERSION}` };
   }
-  const values = parsed.values as Record<string, string | boolean | undefined>;
-  if (values.help === true) return { command: "help", text: usage() };
-  if (values.version === true) return { command: "version", text: `spiffe-csi-driver ${VERSION}` };
 
-  const [subcommand, ...extra] = parsed.positionals;
+  const [subcommand, ...extra] = positionals;
   if (extra.length > 0 || (subcommand !== undefined && subcommand !== "diagnose")) {
     throw new ConfigError(`unexpected argument: ${extra[0] ?? subcommand}`);
   }
   const str = (name: string): string | undefined => {
-    const value = values[name];
+    const value = values.get(name);
     if (typeof value === "string") return value;
     const fallback = FLAGS[name]?.default;
     return typeof fallback === "string" ? fallback : undefined;
@@ -240,7 +263,7 @@ export function parseInvocation(args: string[], options: ParseOptions = {}): Inv
     cwdLink: path("cwd-link"),
     logLevel: oneOf("log-level", str("log-level"), LOG_LEVELS),
     logFormat: oneOf("log-format", str("log-format"), LOG_FORMATS),
-    pruneStackedMounts: values["prune-stacked-mounts"] === true,
+    pruneStackedMounts: values.get("prune-stacked-mounts") === true,
   };
   const kubeletRegistrationPath = str("kubelet-registration-path");
   if (kubeletRegistrationPath !== undefined && kubeletRegistrationPath !== "") {
@@ -269,26 +292,16 @@ export function parseInvocation(args: string[], options: ParseOptions = {}): Inv
 
 /** The command line that reproduces `config` (the inverse of parseInvocation). */
 export function configToArgs(config: Config): string[] {
-  const args = [
-    `-workload-api-socket-dir=${config.socketDir}`,
-    `-csi-socket-path=${config.csiSocketPath}`,
-    `-node-id=${config.nodeId}`,
-    `-node-id-env=${config.nodeIdEnv}`,
-    `-plugin-name=${config.pluginName}`,
-    `-workload-api-socket-names=${config.socketNames.join(",")}`,
-    `-kubelet-dir=${config.kubeletDir}`,
-    `-mount-path=${config.mountPath}`,
-    `-umount-path=${config.umountPath}`,
-    `-cwd-link=${config.cwdLink}`,
-    `-log-level=${config.logLevel}`,
-    `-log-format=${config.logFormat}`,
-  ];
-  if (config.pruneStackedMounts) args.push("-prune-stacked-mounts");
-  if (config.kubeletRegistrationPath !== undefined && config.registrationSocketPath !== undefined) {
-    args.push(
-      `-kubelet-registration-path=${config.kubeletRegistrationPath}`,
-      `-plugin-registration-path=${dirname(config.registrationSocketPath)}`,
-    );
+  return invocationArgs({ command: "run", config });
+}
+
+/** The command line that reproduces a run or diagnose invocation, flag by flag from the one table. */
+export function invocationArgs(invocation: DriverInvocation): string[] {
+  const args = invocation.command === "diagnose" ? ["diagnose"] : [];
+  for (const [name, spec] of Object.entries(FLAGS)) {
+    const value = spec.arg?.(invocation);
+    if (value === true) args.push(`-${name}`);
+    else if (typeof value === "string") args.push(`-${name}=${value}`);
   }
   return args;
 }
@@ -298,37 +311,63 @@ export function registrationSocketPath(dir: string, pluginName: string): string 
   return `${dir.replace(/\/+$/, "")}/${pluginName}-reg.sock`;
 }
 
-// Go's flag package takes one or two dashes; node's parseArgs wants two for long names.
-// Go also accepts -bool=true|false; parseArgs rejects a value on a boolean, so fold those here.
-function normalizeArgs(args: string[]): string[] {
-  const out: string[] = [];
+// strconv.ParseBool's words, as Go's flag package takes them for -bool=value.
+const BOOLEANS: Record<string, boolean> = {
+  "1": true,
+  t: true,
+  T: true,
+  true: true,
+  TRUE: true,
+  True: true,
+  "0": false,
+  f: false,
+  F: false,
+  false: false,
+  FALSE: false,
+  False: false,
+};
+
+/**
+ * Go's flag rules, read from the table: one or two dashes, `-f v` or `-f=v`, a bare `-bool` or
+ * `-bool=false`, `-h` for `-help`; `--` ends the flags. Positionals may come anywhere.
+ */
+function parseFlags(
+  args: string[],
+): { values: Map<string, string | boolean>; positionals: string[] } {
+  const values = new Map<string, string | boolean>();
+  const positionals: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] as string;
     if (arg === "--") {
-      out.push(...args.slice(i));
+      positionals.push(...args.slice(i + 1));
       break;
     }
-    let flag = /^-[^-]/.test(arg) && arg.length > 2 ? `-${arg}` : arg;
-    if (flag === "-h") flag = "--help";
-    const bool = /^--([a-z-]+)=(true|false|1|0)$/.exec(flag);
-    if (bool && FLAGS[bool[1] as string]?.type === "boolean") {
-      if (bool[2] === "true" || bool[2] === "1") out.push(`--${bool[1]}`);
+    if (!arg.startsWith("-") || arg === "-") {
+      positionals.push(arg);
       continue;
     }
-    out.push(flag);
+    const body = arg.slice(arg.startsWith("--") ? 2 : 1);
+    const eq = body.indexOf("=");
+    const name = eq < 0 ? body : body.slice(0, eq);
+    const key = name === "h" ? "help" : name;
+    const spec = Object.hasOwn(FLAGS, key) ? FLAGS[key] : undefined;
+    if (spec === undefined) throw new ConfigError(`flag provided but not defined: -${name}`);
+    if (spec.type === "boolean") {
+      const text = eq < 0 ? "true" : body.slice(eq + 1);
+      const value = Object.hasOwn(BOOLEANS, text) ? BOOLEANS[text] : undefined;
+      if (value === undefined) {
+        throw new ConfigError(`invalid boolean value ${JSON.stringify(text)} for -${name}`);
+      }
+      values.set(key, value);
+    } else if (eq >= 0) {
+      values.set(key, body.slice(eq + 1));
+    } else if (i + 1 < args.length) {
+      values.set(key, args[++i] as string);
+    } else {
+      throw new ConfigError(`flag needs an argument: -${name}`);
+    }
   }
-  return out;
-}
-
-function flagErrorMessage(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  const unknown = /Unknown option '--?([^']+)'/.exec(message);
-  if (unknown) return `flag provided but not defined: -${unknown[1]}`;
-  const missing = /Option '--([^ ]+) <value>' argument missing/.exec(message);
-  if (missing) return `flag needs an argument: -${missing[1]}`;
-  const unexpected = /Unexpected argument '([^']+)'/.exec(message);
-  if (unexpected) return `unexpected argument: ${unexpected[1]}`;
-  return message.split("\n")[0] ?? message;
+  return { values, positionals };
 }
 
 function absolutePath(name: string, value: string, cwd: string | undefined): string {

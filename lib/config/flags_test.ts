@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConfigError, configToArgs, parseInvocation, usage } from "./flags.ts";
+import { ConfigError, configToArgs, invocationArgs, parseInvocation, usage } from "./flags.ts";
 
 const env = (vars: Record<string, string>) => ({ getEnv: (name: string) => vars[name] });
 
@@ -106,6 +106,12 @@ Deno.test("parseInvocation() rejects bad input with one clear line", () => {
     [["-workload-api-socket-dir=/s", "-node-id=n", "-plugin-name=-bad"], /-plugin-name must be/],
     [["-workload-api-socket-dir=/s", "-node-id=n", "-node-id-env=A-B"], /-node-id-env must be/],
     [["-workload-api-socket-dir=/s", "-node-id=n", "run"], /^unexpected argument: run$/],
+    [["-workload-api-socket-dir=/s", "-node-id=n", "-x"], /^flag provided but not defined: -x$/],
+    [
+      ["-workload-api-socket-dir=/s", "-node-id=n", "-prune-stacked-mounts=yes"],
+      /^invalid boolean value "yes" for -prune-stacked-mounts$/,
+    ],
+    [["-workload-api-socket-dir=/s", "-node-id=n", "--", "-log-level=x"], /^unexpected argument/],
   ];
   for (const [args, message] of cases) {
     assert.throws(() => parseInvocation(args), (error: unknown) => {
@@ -147,4 +153,38 @@ Deno.test("configToArgs() round-trips through parseInvocation()", () => {
   if (first.command !== "run") return;
   const second = parseInvocation(configToArgs(first.config));
   assert.deepEqual(second, first);
+});
+
+Deno.test("invocationArgs() re-creates every flag of the table, diagnose's included", () => {
+  const args = [
+    "diagnose",
+    "-workload-api-socket-dir=/s",
+    "-csi-socket-path=/c/csi.sock",
+    "-node-id=n",
+    "-node-id-env=NODE",
+    "-plugin-name=example.org",
+    "-workload-api-socket-names=a.sock,b.sock",
+    "-kubelet-dir=/k",
+    "-log-level=warn",
+    "-log-format=text",
+    "-prune-stacked-mounts",
+    "-mount-path=/m/mount",
+    "-umount-path=/m/umount",
+    "-cwd-link=/l/cwd",
+    "-kubelet-registration-path=/var/lib/kubelet/plugins/example.org/csi.sock",
+    "-plugin-registration-path=/reg",
+    "-registration-dir=/var/lib/kubelet/plugins_registry",
+  ];
+  const first = parseInvocation(args);
+  assert.equal(first.command, "diagnose");
+  if (first.command !== "diagnose") return;
+  const again = invocationArgs(first);
+  assert.deepEqual(parseInvocation(again), first);
+  const named = (list: string[]) => list.map((a) => /^-+([a-z-]+)/.exec(a)?.[1]).filter(Boolean);
+  const inUsage = [...usage().matchAll(/^ {2}-([a-z-]+)/gm)].map((m) => m[1]);
+  assert.deepEqual(
+    named(again).sort(),
+    inUsage.filter((name) => name !== "help" && name !== "version").sort(),
+    "each flag in the usage text is set again on a re-start",
+  );
 });

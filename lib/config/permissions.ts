@@ -10,7 +10,12 @@
  * a role by the one configured path, so it is as tight as the configuration.
  */
 import denoConfig from "../../deno.json" with { type: "json" };
-import { type Config, configToArgs, DEFAULT_SOCKET_NAMES, type DriverPaths } from "./flags.ts";
+import {
+  DEFAULT_SOCKET_NAMES,
+  type DriverInvocation,
+  type DriverPaths,
+  invocationArgs,
+} from "./flags.ts";
 
 /** A permission set: allowlists by kind, as in deno.json. */
 export interface PermissionSet {
@@ -165,15 +170,14 @@ export async function ungrantedPaths(
 /** V8 flags that keep the driver's heap small (used by the start task, tests, bench and compile). */
 export const V8_FLAGS = "--max-old-space-size=32,--max-semi-space-size=1";
 
-/** Arguments for `deno run` that start the driver at `entry` under its permission set. */
-export function driverRunArgs(config: Config, entry: string, extraArgs: string[] = []): string[] {
+/** Arguments for `deno run` that run `invocation` of the driver at `entry` under its permission set. */
+export function driverRunArgs(invocation: DriverInvocation, entry: string): string[] {
   return [
     "run",
-    ...permissionFlags(config),
+    ...permissionFlags(invocation.config),
     `--v8-flags=${V8_FLAGS}`,
     entry,
-    ...configToArgs(config),
-    ...extraArgs,
+    ...invocationArgs(invocation),
   ];
 }
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { DEFAULT_SOCKET_NAMES, type DriverPaths } from "./flags.ts";
+import { DEFAULT_SOCKET_NAMES, type DriverPaths, parseInvocation } from "./flags.ts";
 import {
   CONTAINER_PATHS,
   containerLayouts,
@@ -203,4 +203,40 @@ Deno.test("under the driver's permission set, everything outside the allowlist i
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test("the flags' defaults are the image's container paths (deno.json), so one is never changed alone", () => {
+  const invocation = parseInvocation(["-workload-api-socket-dir=/s", "-node-id=n"]);
+  assert.equal(invocation.command, "run");
+  if (invocation.command !== "run") return;
+  const { config } = invocation;
+  const registration = parseInvocation([
+    "-workload-api-socket-dir=/s",
+    "-node-id=n",
+    "-kubelet-registration-path=/k/csi.sock",
+  ]);
+  assert.deepEqual(
+    {
+      csiSocketPath: config.csiSocketPath,
+      kubeletDir: config.kubeletDir,
+      nodeIdEnv: config.nodeIdEnv,
+      mountPath: config.mountPath,
+      umountPath: config.umountPath,
+      socketNames: config.socketNames,
+      cwdLink: config.cwdLink,
+      registrationSocketPath: registration.command === "run"
+        ? registration.config.registrationSocketPath
+        : undefined,
+    },
+    {
+      csiSocketPath: CONTAINER_PATHS.csiSocketPath,
+      kubeletDir: CONTAINER_PATHS.kubeletDir,
+      nodeIdEnv: CONTAINER_PATHS.nodeIdEnv,
+      mountPath: CONTAINER_PATHS.mountPath,
+      umountPath: CONTAINER_PATHS.umountPath,
+      socketNames: CONTAINER_PATHS.socketNames,
+      cwdLink: CONTAINER_PATHS.cwdLink,
+      registrationSocketPath: CONTAINER_PATHS.registrationSocketPath,
+    },
+  );
 });
