@@ -1,6 +1,7 @@
 /** A Mounter that records calls and fails on demand (unit tests: no real mounts). */
 import { type Mounter, MountError } from "../lib/mount/mounter.ts";
 import type { MountTarget } from "../lib/mount/pinned_target.ts";
+import type { Pin } from "../lib/mount/dir_pin.ts";
 
 /** One recorded call. */
 export interface MountCall {
@@ -9,17 +10,31 @@ export interface MountCall {
   target?: string;
 }
 
-/** Records every call; set `failBind` / `failUnmount` to make the next calls fail. */
+/**
+ * Records every call; set `failBind` / `failUnmount` to make the next calls fail. It mounts
+ * nothing, but keeps the targets its binds would cover in `bound`, so `isBind` can stand in for
+ * the node service's device-and-inode check (`isSocketDirBind`).
+ */
 export class FakeMounter implements Mounter {
   calls: MountCall[] = [];
   failBind: string | undefined;
   failUnmount: string | undefined;
   listing = "";
+  /** Target paths a bind covers now. */
+  bound = new Set<string>();
+  /** Set false to make binds not land (as when the directory moved during the mount). */
+  bindsLand = true;
 
   bindMount(source: string, target: MountTarget): Promise<void> {
     this.calls.push({ action: "bind", source, target: target.path });
     if (this.failBind) return Promise.reject(new MountError(this.failBind));
+    if (this.bindsLand) this.bound.add(target.path);
     return Promise.resolve();
+  }
+
+  /** Whether a bind covers the directory the pin is at (use as `isSocketDirBind`). */
+  isBind(pin: Pin): boolean {
+    return this.bound.has(pin.where);
   }
 
   harden(target: MountTarget): Promise<void> {
@@ -30,6 +45,7 @@ export class FakeMounter implements Mounter {
   unmount(target: MountTarget): Promise<void> {
     this.calls.push({ action: "unmount", target: target.path });
     if (this.failUnmount) return Promise.reject(new MountError(this.failUnmount));
+    this.bound.delete(target.path);
     return Promise.resolve();
   }
 

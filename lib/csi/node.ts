@@ -36,6 +36,11 @@ export interface NodeOptions {
   socketNames: string[];
   /** How long a stats check waits for a Workload API socket to accept. Default 1 s. */
   socketTimeoutMs?: number;
+  /**
+   * Whether the pinned directory is a bind of the socket dir. Default: same device and inode as
+   * the socket dir. Unit tests answer it from their fake mounter's binds.
+   */
+  isSocketDirBind?: (pin: Pin) => boolean;
 }
 
 /** The Node service's handlers. */
@@ -82,6 +87,7 @@ export function validatePublish(request: NodePublishVolumeRequest): void {
 export function createNodeService(options: NodeOptions): NodeService {
   const { socketDir, kubeletDir, mounter, pins } = options;
   const maxLayers = options.maxLayers ?? 10_000;
+  const isSocketDirBind = options.isSocketDirBind ?? ((pin: Pin) => pinnedIs(pin, socketDir));
   const unsupported = (name: string) => () =>
     Promise.reject(new CsiError(Code.UNIMPLEMENTED, `${name} is not supported by this driver`));
 
@@ -114,7 +120,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       if (!created) {
         // Already published (kubelet retries, driver restarts): never stack a second layer, but
         // harden again: a driver killed between the bind and the hardening left it without flags.
-        if (pinnedIs(pin, socketDir)) {
+        if (isSocketDirBind(pin)) {
           await mounter.harden(target.mountTarget(pin));
           return {};
         }
@@ -128,7 +134,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       bound = pin.locate() ?? target.path;
       if (bound !== target.path) throw new PinMovedError(target.path, bound);
       target.enter(pin);
-      if (!pinnedIs(pin, socketDir)) throw new Error("the new mount is not at the target path");
+      if (!isSocketDirBind(pin)) throw new Error("the new mount is not at the target path");
       await mounter.harden(target.mountTarget(pin));
       return {};
     } catch (error) {
@@ -151,7 +157,7 @@ export function createNodeService(options: NodeOptions): NodeService {
   async function unmountOurs(pin: Pin, at: PinnedTarget): Promise<void> {
     for (let layers = 0; layers < maxLayers; layers++) {
       at.enter(pin);
-      if (!pinnedIs(pin, socketDir)) return;
+      if (!isSocketDirBind(pin)) return;
       await mounter.unmount(at.mountTarget(pin));
     }
   }
@@ -247,7 +253,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       found = await pins.hold((pin) => {
         if (!target.exists(pin)) return null;
         target.enter(pin);
-        return { isBind: pinnedIs(pin, socketDir) };
+        return { isBind: isSocketDirBind(pin) };
       });
     } catch (error) {
       if (error instanceof PinMovedError) throw movedToInvalid(error, target.path);

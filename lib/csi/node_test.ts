@@ -3,7 +3,7 @@ import { Code, CsiError } from "../errors.ts";
 import { createNodeService, validatePublish } from "./node.ts";
 import type { NodePublishVolumeRequest } from "./types.ts";
 import { FakeMounter } from "../../tests/_fake_mounter.ts";
-import { DirPin } from "../mount/dir_pin.ts";
+import { DirPin, type Pin } from "../mount/dir_pin.ts";
 import { makeTempTree } from "../../tests/_env.ts";
 import { publishRequest } from "../../tests/_csi_client.ts";
 
@@ -99,7 +99,8 @@ Deno.test("validatePublish() rejects each bad request with upstream's message, i
   validatePublish(request());
 });
 
-async function service() {
+/** A node service on a fresh tree; with `seam`, the fake mounter's binds count as binds. */
+async function service(seam = false) {
   const tree = await makeTempTree();
   const mounter = new FakeMounter();
   const node = createNodeService({
@@ -109,8 +110,144 @@ async function service() {
     socketNames: ["api.sock"],
     mounter,
     pins: new DirPin({ link: tree.cwdLink }),
+    ...(seam ? { isSocketDirBind: (pin: Pin) => mounter.isBind(pin) } : {}),
   });
   return { tree, mounter, node };
+}
+
+/** What is at a target before a call: nothing, a plain directory, our bind, or not even the parent. */
+type Before = "nothing" | "plain dir" | "non-empty dir" | "bind" | "no parent";
+
+/** One row of the publish/unpublish decision table. */
+interface DecisionRow {
+  desc: string;
+  before: Before;
+  rpc: "publish" | "unpublish";
+  /** Make the fake's bind fail with this message, or not land. */
+  bind?: "fails" | "does not land";
+  /** The mounter calls, by action, in order. */
+  calls: string[];
+  /** The target afterwards: our bind on it, a directory, or nothing. */
+  after: "bind" | "dir" | "nothing";
+  /** The error, when the call fails. */
+  error?: RegExp;
+}
+
+const DECISIONS: DecisionRow[] = [
+  {
+    desc: "fresh publish: create, bind, harden",
+    before: "nothing",
+    rpc: "publish",
+    calls: ["bind", "harden"],
+    after: "bind",
+  },
+  {
+    desc: "republish of our bind: harden again, never a second layer",
+    before: "bind",
+    rpc: "publish",
+    calls: ["harden"],
+    after: "bind",
+  },
+  {
+    desc: "publish over a leftover directory that is not our bind: replace it, then bind",
+    before: "plain dir",
+    rpc: "publish",
+    calls: ["bind", "harden"],
+    after: "bind",
+  },
+  {
+    desc: "publish whose bind fails: Internal, and the directory it made is gone",
+    before: "nothing",
+    rpc: "publish",
+    bind: "fails",
+    calls: ["bind"],
+    after: "nothing",
+    error: /^unable to mount ".*": mount: permission denied$/,
+  },
+  {
+    desc: "publish whose bind does not land: Internal, nothing left",
+    before: "nothing",
+    rpc: "publish",
+    bind: "does not land",
+    calls: ["bind"],
+    after: "nothing",
+    error: /^unable to mount ".*": the new mount is not at the target path$/,
+  },
+  {
+    desc: "unpublish of a plain directory: removed without an unmount",
+    before: "plain dir",
+    rpc: "unpublish",
+    calls: [],
+    after: "nothing",
+  },
+  {
+    desc: "unpublish of a missing target: success",
+    before: "nothing",
+    rpc: "unpublish",
+    calls: [],
+    after: "nothing",
+  },
+  {
+    desc: "unpublish when the volume dir is gone too (node reboot): success",
+    before: "no parent",
+    rpc: "unpublish",
+    calls: [],
+    after: "nothing",
+  },
+  {
+    desc: "unpublish of a non-empty directory that is not a mount: Internal, left as it is",
+    before: "non-empty dir",
+    rpc: "unpublish",
+    calls: [],
+    after: "dir",
+    error: /^unable to unmount ".*": the target path is not a mount point and is not empty$/,
+  },
+];
+
+for (const row of DECISIONS) {
+  Deno.test(`node decision table: ${row.desc}`, async () => {
+    const { tree, mounter, node } = await service(true);
+    try {
+      const target = row.before === "no parent"
+        ? `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/mount`
+        : await tree.target("uid-1");
+      if (row.before !== "nothing" && row.before !== "no parent") {
+        await Deno.mkdir(target, { mode: 0o750 });
+      }
+      if (row.before === "non-empty dir") await Deno.writeTextFile(`${target}/file`, "");
+      if (row.before === "bind") mounter.bound.add(target);
+      // A leftover gets a mode the driver never gives: the replacement's 0750 shows it is new.
+      if (row.before === "plain dir") await Deno.chmod(target, 0o700);
+      if (row.bind === "fails") mounter.failBind = "mount: permission denied";
+      if (row.bind === "does not land") mounter.bindsLand = false;
+
+      const call = row.rpc === "publish"
+        ? node.NodePublishVolume(request((r) => (r.target_path = target)))
+        : node.NodeUnpublishVolume({ volume_id: "v", target_path: target });
+      if (row.error) {
+        await assert.rejects(call, (error: unknown) => {
+          assert.ok(error instanceof CsiError);
+          assert.equal(error.code, Code.INTERNAL);
+          assert.match(error.message, row.error as RegExp);
+          return true;
+        });
+      } else {
+        assert.deepEqual(await call, {});
+      }
+
+      assert.deepEqual(mounter.calls.map((c) => c.action), row.calls);
+      for (const c of mounter.calls) assert.equal(c.target, target, "every call is on the target");
+      const info = await Deno.lstat(target).catch(() => null);
+      const after = mounter.bound.has(target) ? "bind" : info?.isDirectory ? "dir" : "nothing";
+      assert.equal(after, row.after);
+      if (row.after === "bind") assert.ok(info?.isDirectory, "the bound directory exists");
+      if (row.after === "bind") {
+        assert.equal((info?.mode ?? 0) & 0o777, 0o750, "made by the driver");
+      }
+    } finally {
+      await tree.remove();
+    }
+  });
 }
 
 Deno.test("NodePublishVolume confines targets to the kubelet pods dir and mounts nothing otherwise", async () => {
