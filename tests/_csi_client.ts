@@ -2,6 +2,8 @@
 import * as grpc from "@grpc/grpc-js";
 import { loadCsi } from "../lib/proto.ts";
 
+export { publishRequest } from "./_requests.ts";
+
 /** A unary call's outcome: the response, or the gRPC error. */
 export type CallResult<T = Record<string, unknown>> =
   | { ok: true; response: T }
@@ -63,20 +65,7 @@ export class CsiClient {
   }
 }
 
-/** A kubelet-shaped publish request for an inline volume (override any field). */
-export function publishRequest(
-  targetPath: string,
-  overrides: Record<string, unknown> = {},
-): Record<string, unknown> {
-  return {
-    volume_id: "csi-0123456789abcdef",
-    target_path: targetPath,
-    volume_capability: {
-      mount: { fs_type: "", mount_flags: [] },
-      access_mode: { mode: "SINGLE_NODE_WRITER" },
-    },
-    readonly: true,
-    volume_context: { "csi.storage.k8s.io/ephemeral": "true" },
-    ...overrides,
-  };
+/** A call's outcome in one line: OK, or the status name and details. */
+export function describe(result: CallResult): string {
+  return result.ok ? "OK" : `${grpc.status[result.code]}: ${result.details}`;
 }

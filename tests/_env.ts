@@ -3,7 +3,7 @@
 // In-process handlers pin targets by changing the working directory; put it back afterwards.
 const START_DIR = Deno.cwd();
 
-import { type MountEntry, parseMountListing } from "../lib/mount/mount_table.ts";
+import { layersAt, type MountEntry, parseMountListing } from "../lib/mount/mount_table.ts";
 
 /** The mount table of this mount namespace, as `mount` lists it. */
 export async function mountTable(): Promise<MountEntry[]> {
@@ -11,6 +11,57 @@ export async function mountTable(): Promise<MountEntry[]> {
     .output();
   if (!output.success) throw new Error(new TextDecoder().decode(output.stderr));
   return parseMountListing(new TextDecoder().decode(output.stdout));
+}
+
+/** The mount table's entries at `root` or under it, in table order (oldest first). */
+export async function mountEntriesUnder(root: string): Promise<MountEntry[]> {
+  return (await mountTable()).filter((entry) =>
+    entry.target === root || entry.target.startsWith(`${root}/`)
+  );
+}
+
+/** The mount targets at `root` or under it, in table order (oldest first). */
+export async function mountsUnder(root: string): Promise<string[]> {
+  return (await mountEntriesUnder(root)).map((entry) => entry.target);
+}
+
+/** How many mounts are stacked at exactly `target`. */
+export async function layers(target: string): Promise<number> {
+  return layersAt(await mountTable(), target);
+}
+
+/** Writes a line to stdout at once (progress and replay seeds of the long suites). */
+export function say(line: string): void {
+  Deno.stdout.writeSync(new TextEncoder().encode(`${line}\n`));
+}
+
+/** Resolves after `ms`: for backoff and pacing only, never to wait for something to happen. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `attempt` until it returns a value (not undefined), or fails after `timeoutMs` with the last error. */
+export async function waitFor<T>(
+  what: string,
+  attempt: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 30_000,
+  intervalMs = 200,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown = undefined;
+  while (true) {
+    try {
+      const value = await attempt();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) {
+      const detail = last instanceof Error ? `: ${last.message}` : "";
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
+    }
+    await sleep(intervalMs);
+  }
 }
 
 /** mulberry32: a small seeded PRNG, so a failing random order or input can be replayed. */

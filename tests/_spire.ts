@@ -4,6 +4,9 @@
  */
 import { X509Certificate } from "node:crypto";
 import { ROOT } from "./_driver.ts";
+import { waitFor } from "./_env.ts";
+
+export { waitFor };
 
 /** Where tools/install_peers.sh puts the SPIRE binaries. */
 export const SPIRE_BIN = `${ROOT}.tools/bin`;
@@ -78,30 +81,6 @@ export async function runOk(
     );
   }
   return result.stdout;
-}
-
-/** Retries `attempt` until it returns a value other than undefined, or throws after `timeoutMs`. */
-export async function waitFor<T>(
-  what: string,
-  attempt: () => Promise<T | undefined>,
-  timeoutMs = 30_000,
-  intervalMs = 200,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown = undefined;
-  while (true) {
-    try {
-      const value = await attempt();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) {
-      const detail = last instanceof Error ? `: ${last.message}` : "";
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
 }
 
 /** A long-running child process whose stdout and stderr are kept for failure reports. */

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { type DriverProcess, startDriver } from "./_driver.ts";
-import { REAL_MOUNTS } from "./_env.ts";
+import { layers, mountsUnder, REAL_MOUNTS } from "./_env.ts";
 import { FakeKubelet, type Pod } from "./_kubelet.ts";
 import {
   type FetchedSvid,
@@ -22,7 +22,7 @@ import {
   TRUST_DOMAIN,
   waitFor,
 } from "./_spire.ts";
-import { layersAt, parseMountListing } from "../lib/mount/mount_table.ts";
+import { parseMountListing } from "../lib/mount/mount_table.ts";
 
 const MOUNT = "/usr/bin/mount";
 const UMOUNT = "/usr/bin/umount";
@@ -244,14 +244,6 @@ async function mountListing(): Promise<string> {
   return await runOk(MOUNT, []);
 }
 
-/** Mount targets under `dir`. */
-async function mountsUnder(dir: string): Promise<string[]> {
-  const prefix = `${dir}/`;
-  return parseMountListing(await mountListing())
-    .map((entry) => entry.target)
-    .filter((target) => target === dir || target.startsWith(prefix));
-}
-
 /** Unmounts everything under `dir`, deepest first; returns what could not be unmounted. */
 async function unmountAllUnder(dir: string): Promise<string[]> {
   for (let round = 0; round < 20; round++) {
@@ -264,11 +256,6 @@ async function unmountAllUnder(dir: string): Promise<string[]> {
     }
   }
   return await mountsUnder(dir);
-}
-
-/** How many mounts are stacked on `target`. */
-async function layers(target: string): Promise<number> {
-  return layersAt(parseMountListing(await mountListing()), target);
 }
 
 /** The mount options of the top mount at `target`. */

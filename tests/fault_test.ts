@@ -6,10 +6,20 @@
  */
 import assert from "node:assert/strict";
 import { status } from "@grpc/grpc-js";
-import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
+import { type CallResult, CsiClient, describe, publishRequest } from "./_csi_client.ts";
 import { type DriverProcess, startDriver, type StartOptions } from "./_driver.ts";
-import { exists, makeTempTree, mountTable, prng, REAL_MOUNTS, type TempTree } from "./_env.ts";
-import { layersAt, type MountEntry } from "../lib/mount/mount_table.ts";
+import {
+  exists,
+  makeTempTree,
+  mountEntriesUnder,
+  mountTable,
+  prng,
+  REAL_MOUNTS,
+  say,
+  sleep,
+  type TempTree,
+} from "./_env.ts";
+import { layersAt } from "../lib/mount/mount_table.ts";
 
 const TARGETS = 50;
 const OPS = Number(Deno.env.get("FAULT_OPS") ?? "10000");
@@ -28,25 +38,6 @@ function isTransient(result: CallResult): boolean {
   if (result.ok) return false;
   if (TRANSIENT.has(result.code)) return true;
   return result.code === status.INTERNAL && /^Received RST_STREAM/.test(result.details);
-}
-
-function say(line: string): void {
-  Deno.stdout.writeSync(new TextEncoder().encode(`${line}\n`));
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** The mount table (this namespace), restricted to mounts under `root`. */
-async function mountsUnder(root: string): Promise<MountEntry[]> {
-  return (await mountTable()).filter((entry) =>
-    entry.target === root || entry.target.startsWith(`${root}/`)
-  );
-}
-
-function describe(result: CallResult): string {
-  return result.ok ? "OK" : `${status[result.code]}: ${result.details}`;
 }
 
 /** Calls like kubelet: on a transient failure, drop the connection, reconnect and retry the same call. */
@@ -103,7 +94,7 @@ async function assertState(
   published: boolean[],
   when: string,
 ): Promise<void> {
-  const mounts = await mountsUnder(tree.root);
+  const mounts = await mountEntriesUnder(tree.root);
   for (const [i, target] of targets.entries()) {
     if (published[i]) {
       assert.equal(layersAt(mounts, target), 1, `${when}: layers at published ${target}`);
@@ -119,7 +110,7 @@ async function assertState(
 
 /** Asserts exactly one layer at `target`, mounted nosuid,nodev,noexec. */
 async function assertOneHardenedLayer(tree: TempTree, target: string, when: string) {
-  const mounts = (await mountsUnder(tree.root)).filter((entry) => entry.target === target);
+  const mounts = (await mountEntriesUnder(tree.root)).filter((entry) => entry.target === target);
   assert.equal(mounts.length, 1, `${when}: layers at ${target}`);
   for (const flag of HARDENED) {
     assert.ok(
@@ -131,7 +122,7 @@ async function assertOneHardenedLayer(tree: TempTree, target: string, when: stri
 
 /** Asserts no mount and no `mount` dir is left under the tree, then removes it. */
 async function assertCleanAndRemove(tree: TempTree, targets: string[]): Promise<void> {
-  assert.deepEqual((await mountsUnder(tree.root)).map((entry) => entry.target), []);
+  assert.deepEqual((await mountEntriesUnder(tree.root)).map((entry) => entry.target), []);
   for (const target of targets) assert.ok(!(await exists(target)), `left behind: ${target}`);
   await tree.remove();
 }
@@ -328,7 +319,7 @@ Deno.test({
           failed.details,
         );
         assert.match(failed.details, /injected failure/);
-        assert.equal(layersAt(await mountsUnder(tree.root), target), 0);
+        assert.equal(layersAt(await mountEntriesUnder(tree.root), target), 0);
         assert.ok(!(await exists(target)), "target dir left behind");
         await heal("mount");
         const retried = await client.call("NodePublishVolume", publishRequest(target));
@@ -358,7 +349,7 @@ Deno.test({
             failed.details,
           );
           assert.match(failed.details, /injected hardening failure/);
-          assert.equal(layersAt(await mountsUnder(tree.root), target), 0, "bind not undone");
+          assert.equal(layersAt(await mountEntriesUnder(tree.root), target), 0, "bind not undone");
           assert.ok(!(await exists(target)), "target dir left behind");
           await Deno.remove(`${hardenBin}/fail-mount`);
           const retried = await hardenClient.call("NodePublishVolume", publishRequest(target));
@@ -402,7 +393,7 @@ Deno.test({
           await heal("umount");
           const retried = await client2.call("NodeUnpublishVolume", unpublishRequest(target));
           assert.ok(retried.ok, describe(retried));
-          assert.equal(layersAt(await mountsUnder(tree.root), target), 0);
+          assert.equal(layersAt(await mountEntriesUnder(tree.root), target), 0);
           assert.ok(!(await exists(target)), "target dir left behind");
         },
       );

@@ -8,26 +8,14 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
-import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
+import { type CallResult, CsiClient, describe, publishRequest } from "./_csi_client.ts";
 import { type DriverProcess, startDriver } from "./_driver.ts";
-import { makeTempTree, mountTable, prng, REAL_MOUNTS, type TempTree } from "./_env.ts";
+import { makeTempTree, mountTable, prng, REAL_MOUNTS, say, sleep, type TempTree } from "./_env.ts";
 import { layersAt } from "../lib/mount/mount_table.ts";
 
 const { status } = grpc;
 const MIB = 1024 * 1024;
 const PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-
-function say(line: string): void {
-  Deno.stdout.writeSync(new TextEncoder().encode(`${line}\n`));
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function describe(result: CallResult): string {
-  return result.ok ? "OK" : `${status[result.code]}: ${result.details}`;
-}
 
 /** Every path under `dir` with its type and inode (symlinks are listed, never followed). */
 async function listTree(dir: string, out: string[] = []): Promise<string[]> {

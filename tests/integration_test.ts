@@ -5,21 +5,21 @@ import assert from "node:assert/strict";
 import { status } from "@grpc/grpc-js";
 import { type DriverProcess, startDriver } from "./_driver.ts";
 import { CsiClient, publishRequest } from "./_csi_client.ts";
-import { makeTempTree, mountTable, REAL_MOUNTS, type TempTree } from "./_env.ts";
+import {
+  layers,
+  makeTempTree,
+  mountsUnder,
+  mountTable,
+  REAL_MOUNTS,
+  type TempTree,
+  waitFor,
+} from "./_env.ts";
 import { layersAt } from "../lib/mount/mount_table.ts";
 
 interface Setup {
   tree: TempTree;
   driver: DriverProcess;
   client: CsiClient;
-}
-
-async function layers(target: string): Promise<number> {
-  return layersAt(await mountTable(), target);
-}
-
-async function mountsUnder(root: string): Promise<string[]> {
-  return (await mountTable()).map((e) => e.target).filter((t) => t.startsWith(`${root}/`));
 }
 
 async function bind(source: string, target: string): Promise<void> {
@@ -371,11 +371,14 @@ test(
     try {
       for (let i = 0; i < 3; i++) await bind(tree.socketDir, target);
       const audit = await startDriver({ ...tree });
-      await waitFor(() => /Stacked mounts on/.test(audit.logs()));
+      await waitFor(
+        "the audit's log line",
+        () => /Stacked mounts on/.test(audit.logs()) || undefined,
+      );
       await audit.stop();
       assert.equal(await layers(target), 3, "audit alone changes nothing");
       const prune = await startDriver({ ...tree, flags: ["-prune-stacked-mounts"] });
-      await waitFor(() => /Pruned/.test(prune.logs()));
+      await waitFor("the prune's log line", () => /Pruned/.test(prune.logs()) || undefined);
       await prune.stop();
       assert.equal(await layers(target), 1);
     } finally {
@@ -415,12 +418,4 @@ test(
 async function isAlive(pid: number): Promise<boolean> {
   const output = await new Deno.Command("/usr/bin/kill", { args: ["-0", String(pid)] }).output();
   return output.success;
-}
-
-async function waitFor(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error("timed out waiting");
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }

@@ -13,17 +13,13 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
 import { ROOT, startDriver } from "./_driver.ts";
-import { makeTempTree, mountTable, REAL_MOUNTS, type TempTree } from "./_env.ts";
+import { makeTempTree, mountTable, REAL_MOUNTS, say, type TempTree } from "./_env.ts";
 import { layersAt, type MountEntry } from "../lib/mount/mount_table.ts";
 
 const SWAPPER = `${ROOT}.tools/bin/swapper`;
 const CALLS = Number(Deno.env.get("RACE_CALLS") ?? 150);
 /** Component names below `<kubelet>/pods`, down to the target. */
 const LEVELS = ["<uid>", "volumes", "kubernetes.io~csi", "<volume>", "mount"];
-
-function say(line: string): void {
-  Deno.stdout.writeSync(new TextEncoder().encode(`${line}\n`));
-}
 
 /** One target under attack: the component swapped, and the outside directory its symlink names. */
 interface Victim {

@@ -5,7 +5,7 @@ import type { NodePublishVolumeRequest } from "./types.ts";
 import { FakeMounter } from "../../tests/_fake_mounter.ts";
 import { DirPin, type Pin } from "../mount/dir_pin.ts";
 import { makeTempTree } from "../../tests/_env.ts";
-import { publishRequest } from "../../tests/_csi_client.ts";
+import { publishRequest } from "../../tests/_requests.ts";
 
 function request(
   mutate: (r: NodePublishVolumeRequest) => void = () => {},
