@@ -64,6 +64,25 @@ export async function waitFor<T>(
   }
 }
 
+/** The seed CI runs with when none is given, so a CI run replays exactly. */
+export const CI_SEED = 20_261_128;
+
+/**
+ * A seed for a randomized test: `variable` from the environment (to replay a run), else CI_SEED
+ * when CI is set, else a random one. It is printed either way, so any run can be replayed.
+ */
+export function testSeed(variable: string, label: string): number {
+  const given = Deno.env.get(variable);
+  const seed = given !== undefined
+    ? Number(given)
+    : Deno.env.get("CI")
+    ? CI_SEED
+    : Math.floor(Math.random() * 2 ** 31);
+  if (!Number.isSafeInteger(seed)) throw new RangeError(`${variable} must be an integer: ${given}`);
+  say(`${label} seed: ${seed} (replay with ${variable}=${seed})`);
+  return seed;
+}
+
 /** mulberry32: a small seeded PRNG, so a failing random order or input can be replayed. */
 export function prng(seed: number): () => number {
   let a = seed >>> 0;

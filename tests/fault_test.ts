@@ -18,6 +18,7 @@ import {
   say,
   sleep,
   type TempTree,
+  testSeed,
 } from "./_env.ts";
 import { layersAt } from "../lib/mount/mount_table.ts";
 
@@ -133,8 +134,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const seed = Number(Deno.env.get("FAULT_SEED") ?? Math.floor(Math.random() * 2 ** 31));
-    say(`fault seed: ${seed} (replay with FAULT_SEED=${seed})`);
+    const seed = testSeed("FAULT_SEED", "fault");
     const random = prng(seed);
     const tree = await makeTempTree();
     const targets: string[] = [];

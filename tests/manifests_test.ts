@@ -245,8 +245,8 @@ Deno.test("manifests: the CSIDriver is the one kubelet expects for inline volume
   });
   const sa = find(all, "ServiceAccount", "spiffe-csi-driver");
   assert.equal(sa.automountServiceAccountToken, false);
-  const ns = find(all, "Namespace", "spire");
-  assert.equal(ns.kind, "Namespace");
+  // find() fails the test when the manifests lack it.
+  find(all, "Namespace", "spire");
 });
 
 Deno.test("manifests: the DaemonSet's driver args parse with the driver's own flag parser", async () => {
