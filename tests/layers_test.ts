@@ -123,6 +123,33 @@ Deno.test("the driver's modules import no cycle (type-only imports included)", a
   assert.deepEqual(cycles(await driverGraph()), []);
 });
 
+/** The test helpers a unit test may use: none starts a driver or SPIRE, or speaks gRPC. */
+const UNIT_HELPERS = ["tests/_env.ts", "tests/_fake_mounter.ts", "tests/_requests.ts"];
+
+/** One line per helper a unit test under lib/ imports beyond UNIT_HELPERS. */
+async function unitTestViolations(): Promise<string[]> {
+  const out: string[] = [];
+  for await (const file of walk("lib")) {
+    if (!file.endsWith("_test.ts")) continue;
+    // The server's own test speaks gRPC to it: the CSI client is its subject, not a shortcut.
+    const allowed = file === "lib/server_test.ts"
+      ? [...UNIT_HELPERS, "tests/_csi_client.ts"]
+      : UNIT_HELPERS;
+    const source = await Deno.readTextFile(join(ROOT, file));
+    for (const spec of specifiers(source)) {
+      const target = normalize(join(dirname(file), spec));
+      if (spec.startsWith(".") && target.startsWith("tests/") && !allowed.includes(target)) {
+        out.push(`${file} imports ${target}`);
+      }
+    }
+  }
+  return out;
+}
+
+Deno.test("unit tests under lib/ use no integration helper (driver processes, SPIRE, kubelet)", async () => {
+  assert.deepEqual(await unitTestViolations(), []);
+});
+
 Deno.test("the layering check finds a gRPC import, an upward import and a cycle", () => {
   const graph: Graph = new Map([
     ["lib/mount/mounter.ts", ["@grpc/grpc-js", "lib/errors.ts"]],
