@@ -377,7 +377,8 @@ export async function fetchX509(
   return { result, svid: { spiffeId: uri?.[1] ?? "", svid, bundle } };
 }
 
-function freeLoopbackPort(): number {
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export function freeLoopbackPort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();

@@ -8,9 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { layersAt } from "../lib/mount/mount_table.ts";
-import { exists, mountTable } from "./_env.ts";
-import { LoggedProcess, waitFor } from "./_spire.ts";
+import { exists, layers, mountTable } from "./_env.ts";
+import { freeLoopbackPort, LoggedProcess, waitFor } from "./_spire.ts";
 import type { Obj } from "./_kube_api.ts";
 import { WORKLOAD_IMAGE } from "./_kube_images.ts";
 import {
@@ -161,10 +160,6 @@ async function waitGone(r: Rig, ref: PodRef, timeoutMs = 120_000): Promise<void>
 
 function targetOf(r: Rig, uid: string): string {
   return `${r.kubeletDir}/pods/${uid}/volumes/kubernetes.io~csi/${VOLUME}/mount`;
-}
-
-async function layers(target: string): Promise<number> {
-  return layersAt(await mountTable(), target);
 }
 
 async function mountsUnderPods(r: Rig): Promise<string[]> {
@@ -327,7 +322,7 @@ test("1b. registration through node-driver-registrar v2.13.0 and livenessprobe v
     return (await csiNodeDrivers(r)).some((d) => d.name === DRIVER_NAME) ? undefined : true;
   }, 60_000);
   await r.startDriver({ builtinRegistration: false });
-  const [registrarPort, probePort] = [freePort(), freePort()];
+  const [registrarPort, probePort] = [freeLoopbackPort(), freeLoopbackPort()];
   const sidecars = [
     new LoggedProcess("node-driver-registrar", registrar, [
       `--csi-address=${r.csiSocketPath}`,
@@ -368,13 +363,6 @@ test("1b. registration through node-driver-registrar v2.13.0 and livenessprobe v
     return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME && d.nodeID === NODE);
   }, 60_000);
 });
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
 
 test("2. pods in two namespaces fetch the X.509 SVID of their own k8s:ns/k8s:sa entry through the volume", async (r) => {
   for (const ref of [POD_A, POD_B]) {

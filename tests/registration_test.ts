@@ -3,7 +3,7 @@
 // calls the registration socket exactly as kubelet's plugin watcher does.
 import assert from "node:assert/strict";
 import { type DriverProcess, startDriver } from "./_driver.ts";
-import { exists, makeTempTree, type TempTree } from "./_env.ts";
+import { exists, makeTempTree, type TempTree, waitFor } from "./_env.ts";
 import { RegistrationClient } from "./_registration_client.ts";
 
 const HOST_ENDPOINT = "/var/lib/kubelet/plugins/csi.spiffe.io/csi.sock";
@@ -56,11 +56,12 @@ test(
       client.close();
     }
     // A successful registration is logged and the driver keeps serving.
-    const deadline = Date.now() + 10_000;
-    while (!driver.logs().includes("Registered with kubelet")) {
-      assert.ok(Date.now() < deadline, "no registration log line");
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await waitFor(
+      "the registration log line",
+      () => driver.logs().includes("Registered with kubelet") || undefined,
+      10_000,
+      20,
+    );
     const stopped = await driver.stop("SIGTERM");
     assert.equal(stopped.code, 0);
     assert.equal(await exists(socket), false, "the registration socket is removed at stop");
