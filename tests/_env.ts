@@ -3,7 +3,12 @@
 // In-process handlers pin targets by changing the working directory; put it back afterwards.
 const START_DIR = Deno.cwd();
 
-import { layersAt, type MountEntry, parseMountListing } from "../lib/mount/mount_table.ts";
+import {
+  layersAt,
+  type MountEntry,
+  parseMountListing,
+  unescapeOctal,
+} from "../lib/mount/mount_table.ts";
 
 /** The mount table of this mount namespace, as `mount` lists it. */
 export async function mountTable(): Promise<MountEntry[]> {
@@ -18,6 +23,39 @@ export async function mountEntriesUnder(root: string): Promise<MountEntry[]> {
   return (await mountTable()).filter((entry) =>
     entry.target === root || entry.target.startsWith(`${root}/`)
   );
+}
+
+/** A mount as /proc/self/mountinfo lists it: its id, the id of the mount it sits on, and where. */
+export interface MountInfo {
+  id: number;
+  parent: number;
+  target: string;
+}
+
+/** Parses /proc/self/mountinfo (`ID PARENT MAJ:MIN ROOT TARGET ...`). */
+export function parseMountInfo(text: string): MountInfo[] {
+  return text.split("\n").filter((line) => line !== "").map((line) => {
+    const [id, parent, , , target] = line.split(" ");
+    return { id: Number(id), parent: Number(parent), target: unescapeOctal(target ?? "") };
+  });
+}
+
+/** This mount namespace's table with mount ids (through cat: Deno refuses /proc/self by path). */
+export async function mountInfo(): Promise<MountInfo[]> {
+  const output = await new Deno.Command("cat", { args: ["/proc/self/mountinfo"], stderr: "piped" })
+    .output();
+  if (!output.success) throw new Error(new TextDecoder().decode(output.stderr));
+  return parseMountInfo(new TextDecoder().decode(output.stdout));
+}
+
+/**
+ * Whether a mount at `target` sits on another mount at `target`: a stacked layer. Counting lines
+ * is not enough: the kernel lists the table in chunks, so an unmount and a new mount at the same
+ * path between two chunks show that path twice, both on the same parent.
+ */
+export function stackedAt(entries: MountInfo[], target: string): boolean {
+  const here = entries.filter((entry) => entry.target === target);
+  return here.some((upper) => here.some((lower) => upper.parent === lower.id));
 }
 
 /** The mount targets at `root` or under it, in table order (oldest first). */

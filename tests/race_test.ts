@@ -13,8 +13,16 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { type CallResult, CsiClient, publishRequest } from "./_csi_client.ts";
 import { ROOT, startDriver } from "./_driver.ts";
-import { makeTempTree, mountTable, REAL_MOUNTS, say, type TempTree } from "./_env.ts";
-import { layersAt, type MountEntry } from "../lib/mount/mount_table.ts";
+import {
+  makeTempTree,
+  type MountInfo,
+  mountInfo,
+  mountTable,
+  REAL_MOUNTS,
+  say,
+  stackedAt,
+  type TempTree,
+} from "./_env.ts";
 
 const SWAPPER = `${ROOT}.tools/bin/swapper`;
 const CALLS = Number(Deno.env.get("RACE_CALLS") ?? 150);
@@ -88,7 +96,7 @@ interface Findings {
 }
 
 function inspect(
-  mounts: MountEntry[],
+  mounts: MountInfo[],
   tree: TempTree,
   before: Set<string>,
   victims: Victim[],
@@ -101,7 +109,7 @@ function inspect(
     if (!before.has(entry.target)) findings.escaped.add(entry.target);
   }
   for (const victim of victims) {
-    if (layersAt(mounts, victim.target) > 1) {
+    if (stackedAt(mounts, victim.target)) {
       if (!findings.stacked.has(victim.target)) {
         const dir = victim.target.slice(0, victim.target.lastIndexOf("/"));
         say(`stacked: ${mounts.filter((m) => m.target.startsWith(dir)).map((m) => m.target)}`);
@@ -117,7 +125,7 @@ function inspect(
     }
     if (ino !== victim.decoyIno) findings.touched.add(victim.decoy);
   }
-  if (layersAt(mounts, decoyMount) !== 1) findings.detached = true;
+  if (mounts.filter((m) => m.target === decoyMount).length !== 1) findings.detached = true;
 }
 
 Deno.test({
@@ -162,7 +170,7 @@ Deno.test({
       const monitor = (async () => {
         let polls = 0;
         while (running) {
-          inspect(await mountTable(), tree, before, victims, decoyMount, findings);
+          inspect(await mountInfo(), tree, before, victims, decoyMount, findings);
           polls++;
         }
         return polls;
@@ -218,7 +226,7 @@ Deno.test({
       } catch { /* already stopped */ }
     }
     // The state the race left, then a clean teardown.
-    inspect(await mountTable(), tree, before, victims, decoyMount, findings);
+    inspect(await mountInfo(), tree, before, victims, decoyMount, findings);
     assert.deepEqual(
       findings,
       { escaped: new Set(), stacked: new Set(), touched: new Set(), detached: false },

@@ -47,8 +47,8 @@ export function layersAt(entries: MountEntry[], target: string): number {
   return entries.filter((entry) => entry.target === target).length;
 }
 
-// busybox (and /proc/mounts) escape space, tab, newline and backslash as \040 \011 \012 \134.
-function unescapeOctal(text: string): string {
+/** Undoes the octal escapes of space, tab, newline and backslash (\040 \011 \012 \134). */
+export function unescapeOctal(text: string): string {
   return text.replace(
     /\\(0[0-7]{2}|1[0-7]{2})/g,
     (_, code: string) => String.fromCharCode(parseInt(code, 8)),
