@@ -803,6 +803,7 @@ async function kubectlApply(r: Rig, deployment: Deployment): Promise<void> {
 }
 
 test("10. the shipped DaemonSet: driver pod Ready, volume published inside its container, bind on the host and in the workload, SVID fetched", async (r) => {
+  const switched = nowSeconds();
   await r.stopDriver("SIGTERM");
   await waitFor("the host driver to leave CSINode", async () => {
     return (await csiNodeDrivers(r)).some((d) => d.name === DRIVER_NAME) ? undefined : true;
@@ -836,6 +837,8 @@ test("10. the shipped DaemonSet: driver pod Ready, volume published inside its c
   assert.match(inWorkload[0]?.root ?? "", /\/agent-sockets$/, "the agent's socket dir");
   const log = await workloadLog(r, ref, uid);
   assert.deepEqual([...new Set(log.spiffeIds)], [spiffeIdOf(ref.namespace, SA[ref.namespace]!)]);
+  // The pod the host driver published keeps working through the switch.
+  await checkWorkloadsKeptWorking(r, switched);
 });
 
 test("10b. the manifests exactly as shipped, with node-driver-registrar and livenessprobe images made by hand", async (r) => {
