@@ -186,3 +186,15 @@ export async function exists(path: string): Promise<boolean> {
     throw error;
   }
 }
+
+/** Every path under `dir`, relative to it, with its lstat. */
+export function walk(dir: string, prefix = ""): Map<string, Deno.FileInfo> {
+  const out = new Map<string, Deno.FileInfo>();
+  for (const entry of Deno.readDirSync(`${dir}${prefix}`)) {
+    const path = `${prefix}/${entry.name}`;
+    const info = Deno.lstatSync(`${dir}${path}`);
+    out.set(path, info);
+    if (info.isDirectory) { for (const [p, i] of walk(dir, path)) out.set(p, i); }
+  }
+  return out;
+}

@@ -1,11 +1,13 @@
 /**
  * The rig's container images, made locally without a registry: busybox as the sandbox ("pause")
- * image, and a workload image holding a static spire-agent. buildah (vfs storage in a temp dir)
- * writes OCI archives, cached in .tools/kube-images by the hash of what they hold; containerd
- * imports them.
+ * image and a workload image holding a static spire-agent, written by buildah (vfs storage in a
+ * temp dir) as OCI archives cached in .tools/kube-images by the hash of what they hold; containerd
+ * imports them with the driver's local image, which tests/kubelet_e2e.sh builds before the rig's
+ * network namespace exists (tools/local_image.ts fetches the npm packages).
  */
 import { ROOT } from "./_driver.ts";
 import { runOk } from "./_spire.ts";
+import { type LocalImage, sha256, writeOciArchive } from "../tools/local_image.ts";
 
 /** The busybox binary copied into both images (Debian's busybox-static). */
 export const BUSYBOX = "/bin/busybox";
@@ -24,11 +26,24 @@ interface ImageSpec {
   entrypoint: string[];
 }
 
-/** Builds (or reuses) both images and imports them into containerd. */
+/** Where tests/kubelet_e2e.sh passes the driver's image: "NAME ARCHIVE". */
+export const DRIVER_IMAGE_ENV = "SPIFFE_CSI_RIG_DRIVER_IMAGE";
+
+/** The driver's local image named by DRIVER_IMAGE_ENV. */
+export function driverImage(): LocalImage {
+  const [name, archive] = (Deno.env.get(DRIVER_IMAGE_ENV) ?? "").split(" ");
+  if (!name || !archive) {
+    throw new Error(`${DRIVER_IMAGE_ENV} is not set: run the rig through tests/kubelet_e2e.sh`);
+  }
+  return { name, archive };
+}
+
+/** Builds (or reuses) the rig's images and imports them and `driver` into containerd. */
 export async function importImages(options: {
   spireAgentStatic: string;
   containerdSocket: string;
   workDir: string;
+  driver: LocalImage;
 }): Promise<void> {
   const specs: ImageSpec[] = [
     {
@@ -43,31 +58,57 @@ export async function importImages(options: {
     },
   ];
   await Deno.mkdir(CACHE, { recursive: true });
-  for (const spec of specs) {
-    const archive = await buildArchive(spec, options.workDir);
-    await runOk("ctr", [
-      "-n",
-      "k8s.io",
-      "-a",
-      options.containerdSocket,
-      "images",
-      "import",
-      archive,
-    ], { timeoutMs: 120_000 });
-  }
+  const archives = [];
+  for (const spec of specs) archives.push(await busyboxArchive(spec, options.workDir));
+  archives.push(options.driver.archive);
+  for (const archive of archives) await ctrImport(options.containerdSocket, archive);
 }
 
-async function buildArchive(spec: ImageSpec, workDir: string): Promise<string> {
+/**
+ * Imports an image named `name` that holds only `binary` (at /<its file name>) and the libraries
+ * ldd lists for it; its entrypoint is the binary. For the sidecars built by hand from their sources.
+ */
+export async function importBinaryImage(options: {
+  name: string;
+  binary: string;
+  containerdSocket: string;
+  workDir: string;
+}): Promise<void> {
+  const rootfs = `${options.workDir}/rootfs-${options.name.replace(/[^a-z0-9]+/g, "_")}`;
+  const path = `/${options.binary.split("/").at(-1)}`;
+  await Deno.mkdir(rootfs, { recursive: true });
+  await Deno.copyFile(options.binary, `${rootfs}${path}`);
+  await Deno.chmod(`${rootfs}${path}`, 0o755);
+  const ldd = await runOk("ldd", [options.binary]).catch(() => "");
+  for (const line of ldd.split("\n")) {
+    const lib = /(?:=>\s*)?(\/\S+)\s+\(0x/.exec(line)?.[1];
+    if (lib) await runOk("cp", ["-L", "--parents", lib, `${rootfs}/`]);
+  }
+  const archive = `${options.workDir}/${options.name.replace(/[^a-z0-9]+/g, "_")}.tar`;
+  await writeOciArchive(
+    rootfs,
+    { name: options.name, entrypoint: [path] },
+    archive,
+    options.workDir,
+  );
+  await ctrImport(options.containerdSocket, archive);
+}
+
+/** Loads an OCI archive into containerd's Kubernetes namespace. */
+async function ctrImport(containerdSocket: string, archive: string): Promise<void> {
+  await runOk("ctr", ["-n", "k8s.io", "-a", containerdSocket, "images", "import", archive], {
+    timeoutMs: 120_000,
+  });
+}
+
+async function busyboxArchive(spec: ImageSpec, workDir: string): Promise<string> {
   const hashes = [];
   for (const [from, to] of spec.files) {
     hashes.push(`${(await runOk("sha256sum", [from])).split(" ")[0]}:${to}`);
   }
   const key = await sha256(JSON.stringify({ ...spec, files: hashes, applets: APPLETS }));
   const archive = `${CACHE}/${spec.name.replace(/[^a-z0-9]+/g, "_")}-${key.slice(0, 16)}.tar`;
-  try {
-    await Deno.stat(archive);
-    return archive;
-  } catch { /* build it */ }
+  if (await exists(archive)) return archive;
 
   const rootfs = `${workDir}/rootfs-${key.slice(0, 8)}`;
   await Deno.mkdir(`${rootfs}/bin`, { recursive: true });
@@ -77,36 +118,16 @@ async function buildArchive(spec: ImageSpec, workDir: string): Promise<string> {
     await Deno.chmod(`${rootfs}${to}`, 0o755);
   }
   for (const applet of APPLETS) await Deno.symlink("busybox", `${rootfs}/bin/${applet}`);
-  const buildah = [
-    "--root",
-    `${workDir}/buildah`,
-    "--runroot",
-    `${workDir}/buildah-run`,
-    "--storage-driver",
-    "vfs",
-  ];
-  const container = (await runOk("buildah", [...buildah, "from", "scratch"])).trim();
-  await runOk("buildah", [...buildah, "copy", container, `${rootfs}/`, "/"]);
-  await runOk("buildah", [
-    ...buildah,
-    "config",
-    "--entrypoint",
-    JSON.stringify(spec.entrypoint),
-    "--cmd",
-    "",
-    container,
-  ]);
-  await runOk("buildah", [...buildah, "commit", container, spec.name], { timeoutMs: 120_000 });
-  const partial = `${archive}.partial`;
-  await runOk("buildah", [...buildah, "push", spec.name, `oci-archive:${partial}:${spec.name}`], {
-    timeoutMs: 120_000,
-  });
-  await Deno.rename(partial, archive);
+  await writeOciArchive(rootfs, { name: spec.name, entrypoint: spec.entrypoint }, archive, workDir);
   await Deno.remove(rootfs, { recursive: true });
   return archive;
 }
 
-async function sha256(text: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
 }

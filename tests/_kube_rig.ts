@@ -1,15 +1,17 @@
 /**
  * A one-node Kubernetes v1.37 on loopback for the kubelet scenarios: etcd, kube-apiserver,
- * containerd (runc) and a real kubelet, plus SPIRE and the driver as host processes. Run it only
- * through tests/kubelet_e2e.sh, which puts the whole rig in private mount, PID and network
- * namespaces (only loopback and one extra loopback address for the node IP). teardown() stops every
- * process by PID, unmounts, removes the cgroups it made and restores the host settings kubelet
- * changes; checkHost() compares the machine with the state captured before the start.
+ * kube-controller-manager (DaemonSet controller), kube-scheduler, containerd (runc) and a real
+ * kubelet, plus SPIRE and the driver as host processes; the driver's local image is imported for
+ * the DaemonSet scenarios. Run it only through tests/kubelet_e2e.sh, which puts the whole rig in
+ * private mount, PID and network namespaces (only loopback and one extra loopback address for the
+ * node IP). teardown() stops every process by PID, unmounts, removes the cgroups it made and
+ * restores the host settings kubelet changes; checkHost() compares the machine with the state
+ * captured before the start.
  */
 import { type DriverProcess, ROOT, startDriver } from "./_driver.ts";
 import { LoggedProcess, run, runOk, type Spire, startSpire, waitFor } from "./_spire.ts";
 import { KubeApi } from "./_kube_api.ts";
-import { importImages } from "./_kube_images.ts";
+import { driverImage as localDriverImage, importImages } from "./_kube_images.ts";
 import { mountTable } from "./_env.ts";
 
 /** Where tools/build_kube.sh and tools/install_peers.sh put binaries. */
@@ -23,8 +25,22 @@ export const DRIVER_NAME = "csi.spiffe.io";
 
 /** Host settings kubelet changes at start (restored at teardown). */
 const SYSCTLS = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
-/** Host directories some component writes to whatever its configuration says; a tmpfs in the rig's namespace covers each. */
-const COVERED_DIRS = ["/run/containerd", "/var/log/containers", "/var/log/pods"];
+/**
+ * Host directories covered by a tmpfs in the rig's namespace: those some component writes to
+ * whatever its configuration says, and the host paths the shipped DaemonSet names (kubelet's root
+ * and the SPIRE agent's socket directory), so the manifests run with their own paths.
+ */
+const COVERED_DIRS = [
+  "/run/containerd",
+  "/var/log/containers",
+  "/var/log/pods",
+  "/var/lib/kubelet",
+  "/run/spire",
+];
+/** kubelet's root: the default, which the manifests' hostPaths name. */
+const KUBELET_DIR = "/var/lib/kubelet";
+/** The SPIRE agent's socket directory on the host, as in manifests/base/daemonset.yaml. */
+const AGENT_SOCKET_DIR = "/run/spire/agent-sockets";
 
 /** The machine's state that the rig must leave as it found it. */
 export interface HostState {
@@ -77,6 +93,11 @@ export interface Rig {
   csiSocketPath: string;
   registrationDir: string;
   podLogsDir: string;
+  /** The driver's local image (tools/local_image.ts), imported into containerd. */
+  driverImage: string;
+  /** A kubeconfig with the admin's credentials (for kubectl). */
+  kubeconfig: string;
+  containerdSocket: string;
   /** kubelet's read-only API (`http://127.0.0.1:PORT`): /pods, /stats/summary. */
   kubeletReadOnlyUrl: string;
   api: KubeApi;
@@ -102,11 +123,20 @@ export async function startRig(): Promise<Rig> {
   const cgroupRoot = `spiffe-csi-rig-${crypto.randomUUID().slice(0, 8)}`;
   const processes = new Map<string, LoggedProcess>();
   const undo: { what: string; fn: () => Promise<void> }[] = [];
-  const ports = { etcd: 0, etcdPeer: 0, api: 0, kubelet: 0, kubeletRo: 0, healthz: 0 };
+  const ports = {
+    etcd: 0,
+    etcdPeer: 0,
+    api: 0,
+    kubelet: 0,
+    kubeletRo: 0,
+    healthz: 0,
+    controllerManager: 0,
+    scheduler: 0,
+  };
   for (const key of Object.keys(ports) as (keyof typeof ports)[]) ports[key] = freePort();
 
-  const kubeletDir = `${dir}/kubelet`;
-  const socketDir = `${dir}/agent-sockets`;
+  const kubeletDir = KUBELET_DIR;
+  const socketDir = AGENT_SOCKET_DIR;
   const csiSocketPath = `${kubeletDir}/plugins/${DRIVER_NAME}/csi.sock`;
   const registrationDir = `${kubeletDir}/plugins_registry`;
   const podLogsDir = `${dir}/pod-logs`;
@@ -115,6 +145,7 @@ export async function startRig(): Promise<Rig> {
   let spire: Spire | undefined;
   let driver: DriverProcess | undefined;
   let driverLogs = "";
+  let driverImage = "";
   const sysctlsBefore: Record<string, string> = {};
 
   const start = (name: string, command: string, args: string[]) => {
@@ -129,6 +160,11 @@ export async function startRig(): Promise<Rig> {
     csiSocketPath,
     registrationDir,
     podLogsDir,
+    get driverImage() {
+      return driverImage;
+    },
+    kubeconfig: `${dir}/admin.kubeconfig`,
+    containerdSocket,
     kubeletReadOnlyUrl: `http://127.0.0.1:${ports.kubeletRo}`,
     get api() {
       if (!api) throw new Error("the API server is not up");
@@ -219,7 +255,8 @@ export async function startRig(): Promise<Rig> {
       );
       await attempt("stop the driver", () => rig.stopDriver("SIGTERM"));
       await attempt("stop SPIRE", async () => await spire?.stop());
-      for (const name of ["containerd", "kube-apiserver", "etcd"]) {
+      const control = ["kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"];
+      for (const name of ["containerd", ...control]) {
         await attempt(`stop ${name}`, async () => {
           await processes.get(name)?.stop("SIGTERM", 10_000);
         });
@@ -247,8 +284,12 @@ export async function startRig(): Promise<Rig> {
         await Deno.mkdir(covered);
         undo.push({ what: `remove ${covered}`, fn: () => Deno.remove(covered) });
       }
-      await runOk("mount", ["-t", "tmpfs", "-o", "mode=0755,size=64m", "rig", covered]);
-      undo.push({ what: `unmount ${covered}`, fn: async () => void await umount(covered) });
+      await runOk("mount", ["-t", "tmpfs", "-o", "mode=0755,size=256m", "rig", covered]);
+      // Shared, as systemd makes every mount of a node: containerd refuses Bidirectional
+      // propagation from a host path that is not on a shared mount.
+      if (covered === KUBELET_DIR) await runOk("mount", ["--make-rshared", covered]);
+      // Everything mounted under it too (kubelet's root bind, published volumes).
+      undo.push({ what: `unmount ${covered}`, fn: () => unmountUnder(covered) });
     }
     for (const sub of ["certs", "etcd", "containerd", "pod-logs", "spire"]) {
       await Deno.mkdir(`${dir}/${sub}`, { recursive: true });
@@ -278,6 +319,8 @@ export async function startRig(): Promise<Rig> {
       `--secure-port=${ports.api}`,
       "--advertise-address=127.0.0.1",
       "--endpoint-reconciler-type=none",
+      // Every real cluster allows privileged containers (kubeadm sets it); the driver needs one.
+      "--allow-privileged=true",
       "--authorization-mode=AlwaysAllow",
       `--client-ca-file=${certs}/ca.crt`,
       `--tls-cert-file=${certs}/apiserver.crt`,
@@ -312,16 +355,45 @@ export async function startRig(): Promise<Rig> {
     );
 
     await Deno.writeTextFile(`${dir}/containerd/config.toml`, containerdConfig(dir));
+    await writeCniConfig(dir);
     start("containerd", "/usr/bin/containerd", ["--config", `${dir}/containerd/config.toml`]);
     await waitFor("containerd", async () => {
       const result = await run("ctr", ["-a", containerdSocket, "version"], { timeoutMs: 5_000 });
       return result.code === 0 ? true : undefined;
     }, 60_000);
+    const driver = localDriverImage();
     await importImages({
       spireAgentStatic: `${BIN}/spire-agent-static`,
       containerdSocket,
       workDir: `${dir}/images`,
+      driver,
     });
+    driverImage = driver.name;
+
+    // The controllers the DaemonSet needs, and the scheduler that binds its pods to the node.
+    await writeKubeconfig(rig.kubeconfig, ports.api, certs, "admin");
+    start("kube-controller-manager", `${BIN}/kube-controller-manager`, [
+      `--kubeconfig=${rig.kubeconfig}`,
+      `--authentication-kubeconfig=${rig.kubeconfig}`,
+      `--authorization-kubeconfig=${rig.kubeconfig}`,
+      "--controllers=daemonset,serviceaccount-token",
+      `--service-account-private-key-file=${certs}/sa.key`,
+      `--root-ca-file=${certs}/ca.crt`,
+      "--use-service-account-credentials=false",
+      "--leader-elect=false",
+      "--bind-address=127.0.0.1",
+      `--secure-port=${ports.controllerManager}`,
+      "--v=1",
+    ]);
+    start("kube-scheduler", `${BIN}/kube-scheduler`, [
+      `--kubeconfig=${rig.kubeconfig}`,
+      `--authentication-kubeconfig=${rig.kubeconfig}`,
+      `--authorization-kubeconfig=${rig.kubeconfig}`,
+      "--leader-elect=false",
+      "--bind-address=127.0.0.1",
+      `--secure-port=${ports.scheduler}`,
+      "--v=1",
+    ]);
 
     // The cgroup root kubelet puts pods under: one of the rig's own in every hierarchy.
     for await (const hierarchy of Deno.readDir("/sys/fs/cgroup")) {
@@ -400,9 +472,37 @@ state = "${c}/state"
         BinaryName = "/usr/sbin/runc"
         Root = "${c}/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "${c}/cni-bin"
+    bin_dir = "/usr/lib/cni"
     conf_dir = "${c}/cni-conf"
 `;
+}
+
+/**
+ * The pod network, for pods without hostNetwork (the driver's DaemonSet): a bridge in the rig's
+ * own network namespace (gone with it), addresses from host-local kept in the rig's dir, no
+ * masquerading (pods talk only to each other and the node over loopback-free Unix sockets).
+ */
+async function writeCniConfig(dir: string): Promise<void> {
+  const c = `${dir}/containerd`;
+  await Deno.mkdir(`${c}/cni-conf`, { recursive: true });
+  await Deno.writeTextFile(
+    `${c}/cni-conf/10-rig.conflist`,
+    JSON.stringify({
+      cniVersion: "1.0.0",
+      name: "rig",
+      plugins: [{
+        type: "bridge",
+        bridge: "rig0",
+        isGateway: true,
+        ipMasq: false,
+        ipam: {
+          type: "host-local",
+          ranges: [[{ subnet: "10.244.0.0/24" }]],
+          dataDir: `${c}/cni-ipam`,
+        },
+      }],
+    }),
+  );
 }
 
 async function writeKubeletConfig(
@@ -446,26 +546,36 @@ async function writeKubeletConfig(
       registerNode: true,
     }),
   );
+  await writeKubeconfig(`${dir}/kubelet.kubeconfig`, ports.api as number, certs, "kubelet-client");
+}
+
+/** A kubeconfig for the API server on `port` with the client certificate `<certs>/<user>.crt`. */
+async function writeKubeconfig(
+  path: string,
+  port: number,
+  certs: string,
+  user: string,
+): Promise<void> {
   await Deno.writeTextFile(
-    `${dir}/kubelet.kubeconfig`,
+    path,
     JSON.stringify({
       apiVersion: "v1",
       kind: "Config",
       clusters: [{
         name: "rig",
         cluster: {
-          server: `https://127.0.0.1:${ports.api}`,
+          server: `https://127.0.0.1:${port}`,
           "certificate-authority": `${certs}/ca.crt`,
         },
       }],
       users: [{
-        name: "kubelet",
+        name: user,
         user: {
-          "client-certificate": `${certs}/kubelet-client.crt`,
-          "client-key": `${certs}/kubelet-client.key`,
+          "client-certificate": `${certs}/${user}.crt`,
+          "client-key": `${certs}/${user}.key`,
         },
       }],
-      contexts: [{ name: "rig", context: { cluster: "rig", user: "kubelet" } }],
+      contexts: [{ name: "rig", context: { cluster: "rig", user } }],
       "current-context": "rig",
     }),
   );

@@ -24,6 +24,7 @@ import {
   TARGETS,
 } from "../tools/compile.ts";
 import { ROOT } from "./_driver.ts";
+import { walk } from "./_env.ts";
 
 interface Instruction {
   keyword: string;
@@ -144,18 +145,6 @@ Deno.test("Containerfile: each architecture's binary comes from the compile task
   assert.match(script, new RegExp(`cp "dist/\\$\\{target\\}/${BINARY_NAME}" /out/${BINARY_NAME}`));
   assert.match(runs(stage("rootfs")), new RegExp(`rootfs.sh /rootfs /out/${BINARY_NAME}$`));
 });
-
-/** Every path under `dir`, relative to it, with its lstat. */
-function walk(dir: string, prefix = ""): Map<string, Deno.FileInfo> {
-  const out = new Map<string, Deno.FileInfo>();
-  for (const entry of Deno.readDirSync(`${dir}${prefix}`)) {
-    const path = `${prefix}/${entry.name}`;
-    const info = Deno.lstatSync(`${dir}${path}`);
-    out.set(path, info);
-    if (info.isDirectory) { for (const [p, i] of walk(dir, path)) out.set(p, i); }
-  }
-  return out;
-}
 
 async function inRoot(root: string, argv: string[]): Promise<string> {
   const output = await new Deno.Command("/usr/sbin/chroot", {

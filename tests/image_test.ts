@@ -13,18 +13,9 @@ import { type DriverProcess, ROOT, spawnDriver } from "./_driver.ts";
 import { CsiClient, publishRequest } from "./_csi_client.ts";
 import { mountTable, REAL_MOUNTS } from "./_env.ts";
 import { runOk } from "./_spire.ts";
+import { HARDENED_CHART_ARGS } from "./_kube_manifests.ts";
 
 const ENTRY = `${ROOT}main.ts`;
-
-/** The driver container's args in upstream's example DaemonSet and the SPIFFE hardened chart. */
-const HARDENED_CHART_ARGS = [
-  "-workload-api-socket-dir",
-  "/spire-agent-socket",
-  "-plugin-name",
-  "csi.spiffe.io",
-  "-csi-socket-path",
-  "/spiffe-csi/csi.sock",
-];
 
 /** `deno run` under the image's permission set, as the compiled binary runs. */
 function imageRunArgs(driverArgs: string[]): string[] {

@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-PACKAGES="containerd runc etcd-server buildah busybox-static iproute2 openssl"
+PACKAGES="containerd runc etcd-server buildah busybox-static iproute2 openssl containernetworking-plugins"
 missing=""
 for pkg in $PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
@@ -27,6 +27,9 @@ fi
 sh tools/install_peers.sh
 sh tools/build_kube.sh
 sh tools/build_spire_agent_static.sh
+# The driver's local image (fetches its npm packages, so before the network namespace).
+SPIFFE_CSI_RIG_DRIVER_IMAGE=$(deno run --allow-all tools/local_image.ts .tools/kube-images)
+export SPIFFE_CSI_RIG_DRIVER_IMAGE
 
 SYSCTLS="vm.overcommit_memory kernel.panic kernel.panic_on_oops"
 saved=""

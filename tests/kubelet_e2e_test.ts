@@ -9,10 +9,13 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { exists, layers, mountTable } from "./_env.ts";
-import { freeLoopbackPort, LoggedProcess, waitFor } from "./_spire.ts";
+import { freeLoopbackPort, LoggedProcess, runOk, waitFor } from "./_spire.ts";
 import type { Obj } from "./_kube_api.ts";
-import { WORKLOAD_IMAGE } from "./_kube_images.ts";
+import { importBinaryImage, WORKLOAD_IMAGE } from "./_kube_images.ts";
+import { apply, DAEMONSET, type Deployment, writeKustomization } from "./_kube_manifests.ts";
+import { ROOT } from "./_driver.ts";
 import {
+  BIN,
   captureHost,
   compareHost,
   DRIVER_NAME,
@@ -176,8 +179,14 @@ interface WorkloadLog {
   bundlePem?: string;
 }
 
-async function workloadLog(r: Rig, ref: PodRef, uid: string): Promise<WorkloadLog> {
-  const dir = `${r.podLogsDir}/${ref.namespace}_${ref.name}_${uid}/workload`;
+/** The messages a container printed, from kubelet's pod log files (every restart, in order). */
+async function containerLog(
+  r: Rig,
+  ref: PodRef,
+  uid: string,
+  container: string,
+): Promise<string[]> {
+  const dir = `${r.podLogsDir}/${ref.namespace}_${ref.name}_${uid}/${container}`;
   let text = "";
   try {
     const files = [];
@@ -189,7 +198,11 @@ async function workloadLog(r: Rig, ref: PodRef, uid: string): Promise<WorkloadLo
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
   // CRI log lines: "<time> <stream> <P|F> <message>".
-  const lines = text.split("\n").map((line) => line.split(" ").slice(3).join(" "));
+  return text.split("\n").map((line) => line.split(" ").slice(3).join(" "));
+}
+
+async function workloadLog(r: Rig, ref: PodRef, uid: string): Promise<WorkloadLog> {
+  const lines = await containerLog(r, ref, uid, "workload");
   const log: WorkloadLog = { ok: [], failed: [], spiffeIds: [] };
   let section: "svid" | "bundle" | undefined;
   let svid = "", bundle = "";
@@ -306,16 +319,25 @@ test("1. built-in registration puts the driver in the CSINode object with its no
   }, 60_000);
 });
 
-test("1b. registration through node-driver-registrar v2.13.0 and livenessprobe v2.19.0", async (r) => {
+/**
+ * The binaries of node-driver-registrar v2.13.0 and livenessprobe v2.19.0 named by
+ * NODE_DRIVER_REGISTRAR and LIVENESSPROBE; without them the scenario says it is skipped.
+ */
+function sidecarBinaries(): { registrar: string; probe: string } | undefined {
   const registrar = Deno.env.get("NODE_DRIVER_REGISTRAR");
   const probe = Deno.env.get("LIVENESSPROBE");
-  if (!registrar || !probe) {
-    console.log(
-      "SKIPPED: set NODE_DRIVER_REGISTRAR and LIVENESSPROBE to the binaries of node-driver-registrar " +
-        "v2.13.0 and livenessprobe v2.19.0 to run this scenario with them (the Go module proxy does not serve them)",
-    );
-    return;
-  }
+  if (registrar && probe) return { registrar, probe };
+  console.log(
+    "SKIPPED: set NODE_DRIVER_REGISTRAR and LIVENESSPROBE to the binaries of node-driver-registrar " +
+      "v2.13.0 and livenessprobe v2.19.0 to run this scenario with them (the Go module proxy does not serve them)",
+  );
+  return undefined;
+}
+
+test("1b. registration through node-driver-registrar v2.13.0 and livenessprobe v2.19.0", async (r) => {
+  const binaries = sidecarBinaries();
+  if (!binaries) return;
+  const { registrar, probe } = binaries;
   // The default manifests' layout: the driver without built-in registration, plus both sidecars.
   await r.stopDriver("SIGTERM");
   await waitFor("the driver to leave CSINode", async () => {
@@ -580,9 +602,14 @@ test("stats: what kubelet does with NodeGetVolumeStats and the volume condition"
 });
 
 test("9. burst: 30 pods at once are Running with identities, then deleted at once leave zero mounts", async (r) => {
+  await burst(r, "burst");
+});
+
+/** 30 pods created at once all run and fetch their own identity; deleted at once, they leave no mount. */
+async function burst(r: Rig, prefix: string): Promise<void> {
   const refs: PodRef[] = Array.from({ length: 30 }, (_, i) => ({
     namespace: i % 2 === 0 ? POD_A.namespace : POD_B.namespace,
-    name: `burst-${i}`,
+    name: `${prefix}-${i}`,
   }));
   const since = nowSeconds();
   const started = performance.now();
@@ -604,9 +631,334 @@ test("9. burst: 30 pods at once are Running with identities, then deleted at onc
     assert.deepEqual((await mountsUnderPods(r)).filter((t) => t.includes(uid)), []);
   }
   console.log(
-    `burst: 30 pods all Running in ${toRunning.toFixed(1)} s; all gone in ${toGone.toFixed(1)} s`,
+    `${prefix}: 30 pods all Running in ${toRunning.toFixed(1)} s; all gone in ${
+      toGone.toFixed(1)
+    } s`,
   );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shipped DaemonSet: kustomize build of manifests/ with the local image, run by the rig's
+// kube-controller-manager and scheduled by its kube-scheduler.
+
+const DS_LABEL = "app.kubernetes.io/name=spiffe-csi-driver";
+const DRIVER_CONTAINER = "spiffe-csi-driver";
+/** Pods whose volumes the DaemonSet's driver published, with their uids. */
+const dsWorkloads = new Map<string, string>();
+/** The driver container's memory as kubelet reports it, by moment. */
+const driverMemory: {
+  when: string;
+  workingSetBytes: number;
+  rssBytes: number;
+  /** The process's own resident set (VmRSS), which counts the deno binary's mapped pages too. */
+  processRssBytes: number;
+}[] = [];
+
+/** Waits until kubelet has the driver in CSINode with this node's id. */
+async function waitRegistered(r: Rig, what: string): Promise<void> {
+  await waitFor(what, async () => {
+    return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME && d.nodeID === NODE);
+  }, 60_000);
+}
+
+/** The DaemonSet's pods that are not being deleted. */
+async function driverPods(r: Rig): Promise<Obj[]> {
+  const list = await r.api.request(
+    "GET",
+    `/api/v1/namespaces/${DAEMONSET.namespace}/pods?labelSelector=${DS_LABEL}`,
+  );
+  return (list.items as Obj[]).filter((p) => !p.metadata.deletionTimestamp);
+}
+
+/** Waits for exactly one Ready driver pod, none other left, and (if given) not `previousUid`. */
+async function waitDriverPod(r: Rig, previousUid?: string): Promise<Obj> {
+  return await waitFor("one Ready pod of the DaemonSet", async () => {
+    const list = await r.api.request(
+      "GET",
+      `/api/v1/namespaces/${DAEMONSET.namespace}/pods?labelSelector=${DS_LABEL}`,
+    );
+    const pods = list.items as Obj[];
+    if (pods.length !== 1) return undefined;
+    const pod = pods[0] as Obj;
+    if (pod.metadata.uid === previousUid || pod.metadata.deletionTimestamp) return undefined;
+    const ready = (pod.status?.conditions as Obj[] | undefined)?.some((c) =>
+      c.type === "Ready" && c.status === "True"
+    );
+    return ready ? pod : undefined;
+  }, 180_000);
+}
+
+/** The driver container's log (its JSON lines). */
+async function driverLog(r: Rig, pod: Obj): Promise<string[]> {
+  return await containerLog(
+    r,
+    { namespace: pod.metadata.namespace, name: pod.metadata.name },
+    pod.metadata.uid,
+    DRIVER_CONTAINER,
+  );
+}
+
+/** Waits for the driver pod's log to show a successful NodePublishVolume for `target`. */
+async function waitPublishedBy(r: Rig, pod: Obj, target: string): Promise<void> {
+  await waitFor(`${pod.metadata.name} to log NodePublishVolume OK for ${target}`, async () => {
+    const lines = await driverLog(r, pod);
+    return lines.some((line) =>
+      line.includes("NodePublishVolume") && line.includes(target) && line.includes('"OK"')
+    ) || undefined;
+  }, 60_000);
+}
+
+/** The PID of a container's first process (found by its cgroup, which ends in the container id). */
+async function containerPid(pod: Obj, container: string): Promise<number> {
+  const status = (pod.status.containerStatuses as Obj[]).find((c) => c.name === container);
+  const id = String(status?.containerID ?? "").replace(/^containerd:\/\//, "");
+  assert.ok(id !== "", `${pod.metadata.name}/${container} has no container id`);
+  const pids: number[] = [];
+  for await (const entry of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    const cgroups = await Deno.readTextFile(`/proc/${entry.name}/cgroup`).catch(() => "");
+    if (cgroups.split("\n").some((line) => line.endsWith(`/${id}`))) pids.push(Number(entry.name));
+  }
+  assert.ok(pids.length > 0, `no process of container ${id}`);
+  return Math.min(...pids);
+}
+
+/** Mount points (with the mounted root) in the mount namespace of `pid`. */
+async function mountsOf(pid: number): Promise<{ target: string; root: string }[]> {
+  const text = await Deno.readTextFile(`/proc/${pid}/mountinfo`);
+  return text.split("\n").filter((l) => l !== "").map((line) => {
+    const fields = line.split(" ");
+    const unescape = (s: string) =>
+      s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+    return { root: unescape(fields[3] as string), target: unescape(fields[4] as string) };
+  });
+}
+
+/** Records the driver container's memory from kubelet's /stats/summary. */
+async function recordDriverMemory(r: Rig, pod: Obj, when: string): Promise<void> {
+  const stats = await waitFor("the driver container in /stats/summary", async () => {
+    const response = await fetch(`${r.kubeletReadOnlyUrl}/stats/summary`);
+    const summary = await response.json();
+    const entry = (summary.pods as Obj[]).find((p) => p.podRef.uid === pod.metadata.uid);
+    const container = (entry?.containers as Obj[] | undefined)?.find((c) =>
+      c.name === DRIVER_CONTAINER
+    );
+    return container?.memory?.workingSetBytes ? container.memory as Obj : undefined;
+  }, 60_000);
+  // kubelet counts what the container's cgroup is charged: its anonymous memory and the page cache
+  // it brought in. The deno binary's pages were read into the cache when the image was unpacked,
+  // so they are charged elsewhere here; on a node where the driver reads them first they are its.
+  const status = await Deno.readTextFile(
+    `/proc/${await containerPid(pod, DRIVER_CONTAINER)}/status`,
+  );
+  const processRssBytes = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1]) * 1024;
+  const mib = (n: number) => (n / 1024 / 1024).toFixed(1);
+  driverMemory.push({
+    when,
+    workingSetBytes: stats.workingSetBytes,
+    rssBytes: stats.rssBytes,
+    processRssBytes,
+  });
+  console.log(
+    `driver container memory ${when}: working set ${mib(stats.workingSetBytes)} MiB, ` +
+      `RSS ${mib(stats.rssBytes)} MiB (kubelet); the process's VmRSS ${mib(processRssBytes)} MiB`,
+  );
+}
+
+/** Starts a workload and waits until it runs and fetched; returns its uid. */
+async function startWorkload(r: Rig, ref: PodRef, since: number): Promise<string> {
+  const uid = await createPod(r, workloadPod(ref, SA[ref.namespace] as string));
+  dsWorkloads.set(`${ref.namespace}/${ref.name}`, uid);
+  await waitRunning(r, ref, 180_000);
+  await waitFetched(r, ref, uid, since);
+  return uid;
+}
+
+/** Every workload still running: fetched after `since`, never failed after it, one layer each. */
+async function checkWorkloadsKeptWorking(r: Rig, since: number): Promise<void> {
+  const all = [...running.entries(), ...dsWorkloads.entries()];
+  for (const [key, uid] of all) {
+    const [namespace, name] = key.split("/") as [string, string];
+    const log = await waitFetched(r, { namespace, name }, uid, since);
+    assert.deepEqual(log.failed.filter((t) => t >= since), [], `${key} failed to fetch`);
+    assert.equal(await layers(targetOf(r, uid)), 1, `${key}: layers`);
+  }
+}
+
+async function kubectlApply(r: Rig, deployment: Deployment): Promise<void> {
+  const dir = await writeKustomization(`${r.dir}/kustomize`, deployment);
+  await apply(`${BIN}/kubectl`, r.kubeconfig, dir);
+}
+
+test("10. the shipped DaemonSet: driver pod Ready, volume published inside its container, bind on the host and in the workload, SVID fetched", async (r) => {
+  const switched = nowSeconds();
+  await r.stopDriver("SIGTERM");
+  await waitFor("the host driver to leave CSINode", async () => {
+    return (await csiNodeDrivers(r)).some((d) => d.name === DRIVER_NAME) ? undefined : true;
+  }, 60_000);
+  await kubectlApply(r, { image: r.driverImage, registration: "builtin" });
+  const ds = await r.api.get(`/apis/apps/v1/namespaces/spire/daemonsets/spiffe-csi-driver`);
+  assert.equal(ds?.spec.template.spec.containers[0].image, r.driverImage);
+  const pod = await waitDriverPod(r);
+  assert.equal(pod.spec.nodeName, NODE);
+  await waitRegistered(r, "the DaemonSet's driver in CSINode");
+  await recordDriverMemory(r, pod, "after start");
+  // No driver runs outside the container.
+  assert.equal(r.driver, undefined);
+  assert.deepEqual(await pidsMentioning([`${ROOT}main.ts`]), [], "a host driver is running");
+
+  const ref: PodRef = { namespace: POD_A.namespace, name: "ds-workload" };
+  const since = nowSeconds();
+  const uid = await startWorkload(r, ref, since);
+  const target = targetOf(r, uid);
+  await waitPublishedBy(r, pod, target);
+  // The bind the driver made in its container's mount namespace reached the host's
+  // (Bidirectional), and kubelet gave it to the workload's container.
+  const inDriver = (await mountsOf(await containerPid(pod, DRIVER_CONTAINER)))
+    .filter((m) => m.target === target);
+  assert.equal(inDriver.length, 1, "the bind in the driver's container");
+  assert.equal(await layers(target), 1, "the bind on the host");
+  const workload = await r.api.get(podPath(ref));
+  const inWorkload = (await mountsOf(await containerPid(workload as Obj, "workload")))
+    .filter((m) => m.target === "/spiffe-workload-api");
+  assert.equal(inWorkload.length, 1, "the volume in the workload's container");
+  assert.match(inWorkload[0]?.root ?? "", /\/agent-sockets$/, "the agent's socket dir");
+  const log = await workloadLog(r, ref, uid);
+  assert.deepEqual([...new Set(log.spiffeIds)], [spiffeIdOf(ref.namespace, SA[ref.namespace]!)]);
+  // The pod the host driver published keeps working through the switch.
+  await checkWorkloadsKeptWorking(r, switched);
 });
+
+test("10b. the manifests exactly as shipped, with node-driver-registrar and livenessprobe images made by hand", async (r) => {
+  const binaries = sidecarBinaries();
+  if (!binaries) return;
+  const { registrar, probe } = binaries;
+  // Named as manifests/base names them: with imagePullPolicy IfNotPresent nothing is pulled.
+  for (
+    const [name, binary] of [
+      ["registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0", registrar],
+      ["registry.k8s.io/sig-storage/livenessprobe:v2.19.0", probe],
+    ] as const
+  ) {
+    await importBinaryImage({
+      name,
+      binary,
+      containerdSocket: r.containerdSocket,
+      workDir: `${r.dir}/images`,
+    });
+  }
+  const [old] = await driverPods(r);
+  await kubectlApply(r, { image: r.driverImage, registration: "sidecars" });
+  const since = nowSeconds();
+  const pod = await waitDriverPod(r, old?.metadata.uid);
+  assert.deepEqual(
+    (pod.spec.containers as Obj[]).map((c) => c.name),
+    [DRIVER_CONTAINER, "node-driver-registrar", "liveness-probe"],
+  );
+  // Ready means all three run; the driver's liveness probe is served by the livenessprobe sidecar.
+  await waitRegistered(r, "the driver in CSINode through the registrar");
+  const ref: PodRef = { namespace: POD_A.namespace, name: "shipped-workload" };
+  const uid = await startWorkload(r, ref, since);
+  await waitPublishedBy(r, pod, targetOf(r, uid));
+  // Past the liveness probe's initial delay (10 s) and a period: no restart.
+  await waitFor("a liveness probe of the driver", async () => {
+    const lines = await driverLog(r, pod);
+    return lines.filter((l) => l.includes("Probe")).length >= 2 || undefined;
+  }, 120_000);
+  const now = await r.api.get(podPath({ namespace: DAEMONSET.namespace, name: pod.metadata.name }));
+  for (const status of now?.status.containerStatuses as Obj[]) {
+    assert.equal(status.restartCount, 0, `${status.name} restarted`);
+  }
+  await checkWorkloadsKeptWorking(r, since);
+});
+
+test("11. the hardened Helm chart's args and paths (-workload-api-socket-dir /spire-agent-socket) with the same image", async (r) => {
+  const [old] = await driverPods(r);
+  await kubectlApply(r, { image: r.driverImage, registration: "builtin", hardenedChart: true });
+  const since = nowSeconds();
+  const pod = await waitDriverPod(r, old?.metadata.uid);
+  const container = (pod.spec.containers as Obj[]).find((c) => c.name === DRIVER_CONTAINER);
+  assert.deepEqual(container?.args.slice(0, 2), [
+    "-workload-api-socket-dir",
+    "/spire-agent-socket",
+  ]);
+  await waitRegistered(r, "the driver back in CSINode");
+  const ref: PodRef = { namespace: POD_B.namespace, name: "chart-workload" };
+  const uid = await startWorkload(r, ref, since);
+  await waitPublishedBy(r, pod, targetOf(r, uid));
+  const inDriver = (await mountsOf(await containerPid(pod, DRIVER_CONTAINER)))
+    .filter((m) => m.target === targetOf(r, uid));
+  assert.equal(inDriver.length, 1, "the bind in the driver's container");
+  await checkWorkloadsKeptWorking(r, since);
+});
+
+test("12. rolling update while workloads run: they keep fetching, one layer each, a pod created during the roll gets its volume from the new driver", async (r) => {
+  const [old] = await driverPods(r);
+  assert.ok(old, "no driver pod");
+  const since = nowSeconds();
+  await runOk(`${BIN}/kubectl`, [
+    `--kubeconfig=${r.kubeconfig}`,
+    "-n",
+    DAEMONSET.namespace,
+    "set",
+    "env",
+    `daemonset/${DAEMONSET.name}`,
+    `ROLLED_AT=${since}`,
+  ]);
+  const ref: PodRef = { namespace: POD_A.namespace, name: "created-during-roll" };
+  const uid = await createPod(r, workloadPod(ref, SA[ref.namespace] as string));
+  dsWorkloads.set(`${ref.namespace}/${ref.name}`, uid);
+  const pod = await waitDriverPod(r, old.metadata.uid);
+  const env = (pod.spec.containers[0].env as Obj[]).find((e) => e.name === "ROLLED_AT");
+  assert.equal(env?.value, String(since), "the new pod has the new template");
+  await waitRunning(r, ref, 180_000);
+  await waitFetched(r, ref, uid, since);
+  await waitPublishedBy(r, pod, targetOf(r, uid));
+  await checkWorkloadsKeptWorking(r, since);
+});
+
+test("13. the driver pod deleted: the DaemonSet recreates it, workloads keep working", async (r) => {
+  const [old] = await driverPods(r);
+  assert.ok(old, "no driver pod");
+  const since = nowSeconds();
+  await r.api.delete(`/api/v1/namespaces/${DAEMONSET.namespace}/pods/${old.metadata.name}`);
+  const pod = await waitDriverPod(r, old.metadata.uid);
+  await waitRegistered(r, "the driver back in CSINode");
+  const ref: PodRef = { namespace: POD_B.namespace, name: "after-recreate" };
+  const uid = await startWorkload(r, ref, since);
+  await waitPublishedBy(r, pod, targetOf(r, uid));
+  await checkWorkloadsKeptWorking(r, since);
+});
+
+test("14. the driver container's memory (kubelet /stats/summary) after start and after a burst, against the manifest", async (r) => {
+  const [pod] = await driverPods(r);
+  assert.ok(pod, "no driver pod");
+  await recordDriverMemory(r, pod, "before the burst");
+  await burst(r, "ds-burst");
+  await recordDriverMemory(r, pod, "after the burst");
+  const resources = (pod.spec.containers as Obj[]).find((c) => c.name === DRIVER_CONTAINER)
+    ?.resources;
+  const limit = quantity(resources.limits.memory);
+  const request = quantity(resources.requests.memory);
+  console.log(
+    `manifest: request ${resources.requests.memory}, limit ${resources.limits.memory}; ` +
+      `measured: ${JSON.stringify(driverMemory)}`,
+  );
+  // Even with every page of the binary charged to it, the driver stays under its limit.
+  for (const m of driverMemory) {
+    assert.ok(
+      m.workingSetBytes + m.processRssBytes - m.rssBytes < limit,
+      `${m.when}: over the limit`,
+    );
+  }
+  assert.ok(request < limit);
+});
+
+function quantity(value: string): number {
+  const match = /^(\d+)(Mi|Gi)$/.exec(value);
+  assert.ok(match, `unexpected quantity ${value}`);
+  return Number(match[1]) * (match[2] === "Gi" ? 1024 ** 3 : 1024 ** 2);
+}
 
 Deno.test({
   name: "kubelet rig: teardown stops every process and leaves the machine as it was found",
@@ -618,6 +970,10 @@ Deno.test({
     const r = rig;
     rig = undefined;
     for (const ref of [POD_A, POD_B]) await deletePod(r, ref).catch(() => {});
+    for (const key of dsWorkloads.keys()) {
+      const [namespace, name] = key.split("/") as [string, string];
+      await deletePod(r, { namespace, name }).catch(() => {});
+    }
     const problems = await r.teardown();
     assert.deepEqual(problems, [], "teardown problems");
     assert.deepEqual(await pidsMentioning([r.dir]), [], "processes left");
