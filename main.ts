@@ -62,6 +62,8 @@ async function main(args: string[]): Promise<number> {
     log.error("Cannot work on targets safely: {error}", { error: errorMessage(error) });
     return 2;
   }
+  let audited: (done: boolean) => void = () => {};
+  const auditDone = new Promise<boolean>((resolve) => audited = resolve);
   const server = createServer({
     log,
     identity: createIdentityService({
@@ -76,6 +78,7 @@ async function main(args: string[]): Promise<number> {
       socketNames: config.socketNames,
       mounter,
       pins,
+      audited: auditDone,
     }),
   });
   // listen() replaces a stale socket; one that a server answers on belongs to a running driver.
@@ -96,9 +99,13 @@ async function main(args: string[]): Promise<number> {
   }
   log.info("Serving CSI on {csi_socket_path}", { csi_socket_path: config.csiSocketPath });
   // Audit after serving: a slow mount table never delays registration.
-  auditStackedMounts(config, { mounter, pins, log, prune: config.pruneStackedMounts }).catch((
-    error,
-  ) => log.warn("Stacked mount audit failed: {error}", { error: String(error) }));
+  auditStackedMounts(config, { mounter, pins, log, prune: config.pruneStackedMounts }).then(
+    () => audited(true),
+    (error) => {
+      audited(false);
+      log.warn("Stacked mount audit failed: {error}", { error: String(error) });
+    },
+  );
 
   let refuse: (error: string) => void = () => {};
   const stop = new Promise<{ signal: string } | { refused: string }>((resolve) => {
