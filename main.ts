@@ -10,7 +10,6 @@ import { acceptsConnection } from "./lib/socket_dir.ts";
 import { socketDirReadiness } from "./lib/readiness.ts";
 import { routeGrpcLogs } from "./lib/grpc_log.ts";
 import { auditStackedMounts } from "./lib/audit.ts";
-import { diagnose } from "./lib/diagnose.ts";
 import { errorMessage } from "./lib/csi/errors.ts";
 import { DirPin } from "./lib/dir_pin.ts";
 import { ungrantedPaths } from "./lib/permissions.ts";
@@ -40,6 +39,8 @@ async function main(args: string[]): Promise<number> {
   if (ungranted.length > 0) return 2;
   const mounter = new SystemMounter({ mountPath: config.mountPath, umountPath: config.umountPath });
   if (invocation.command === "diagnose") {
+    // Loaded only here: a serving driver never needs it.
+    const { diagnose } = await import("./lib/diagnose.ts");
     return await diagnose(config, { mounter, registrationDir: invocation.registrationDir });
   }
 
