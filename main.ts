@@ -10,7 +10,6 @@ import { acceptsConnection } from "./lib/health/socket_dir.ts";
 import { socketDirReadiness } from "./lib/health/readiness.ts";
 import { routeGrpcLogs } from "./lib/grpc_log.ts";
 import { auditStackedMounts } from "./lib/mount/audit.ts";
-import { diagnose } from "./lib/diagnose/mod.ts";
 import { errorMessage } from "./lib/errors.ts";
 import { DirPin } from "./lib/mount/dir_pin.ts";
 import { ungrantedPaths } from "./lib/config/permissions.ts";
@@ -40,6 +39,8 @@ async function main(args: string[]): Promise<number> {
   if (ungranted.length > 0) return 2;
   const mounter = new SystemMounter({ mountPath: config.mountPath, umountPath: config.umountPath });
   if (invocation.command === "diagnose") {
+    // Loaded only here: a serving driver never needs it.
+    const { diagnose } = await import("./lib/diagnose/mod.ts");
     return await diagnose(config, { mounter, registrationDir: invocation.registrationDir });
   }
 
@@ -62,6 +63,8 @@ async function main(args: string[]): Promise<number> {
     log.error("Cannot work on targets safely: {error}", { error: errorMessage(error) });
     return 2;
   }
+  let audited: (done: boolean) => void = () => {};
+  const auditDone = new Promise<boolean>((resolve) => audited = resolve);
   const server = createServer({
     log,
     identity: createIdentityService({
@@ -76,6 +79,7 @@ async function main(args: string[]): Promise<number> {
       socketNames: config.socketNames,
       mounter,
       pins,
+      audited: auditDone,
     }),
   });
   // listen() replaces a stale socket; one that a server answers on belongs to a running driver.
@@ -96,9 +100,13 @@ async function main(args: string[]): Promise<number> {
   }
   log.info("Serving CSI on {csi_socket_path}", { csi_socket_path: config.csiSocketPath });
   // Audit after serving: a slow mount table never delays registration.
-  auditStackedMounts(config, { mounter, pins, log, prune: config.pruneStackedMounts }).catch((
-    error,
-  ) => log.warn("Stacked mount audit failed: {error}", { error: String(error) }));
+  auditStackedMounts(config, { mounter, pins, log, prune: config.pruneStackedMounts }).then(
+    () => audited(true),
+    (error) => {
+      audited(false);
+      log.warn("Stacked mount audit failed: {error}", { error: String(error) });
+    },
+  );
 
   let refuse: (error: string) => void = () => {};
   const stop = new Promise<{ signal: string } | { refused: string }>((resolve) => {

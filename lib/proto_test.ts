@@ -134,3 +134,24 @@ Deno.test("invalidUtf8Field() names the string field that is not UTF-8, in maps 
   // Truncated wire data is the decoder's to report.
   assert.equal(invalidUtf8Field(publish, Uint8Array.from([0x22, 0x05, 0x41])), undefined);
 });
+
+Deno.test("the codecs decode and encode exactly as @grpc/proto-loader's do", async () => {
+  const { fromJSON } = await import("@grpc/proto-loader");
+  const { LOADER_OPTIONS } = await import("./proto.ts");
+  // deno-lint-ignore no-explicit-any
+  const reference = fromJSON(embedded as any, LOADER_OPTIONS) as any;
+  const ours = loadCsi().Node.service.NodePublishVolume!;
+  const theirs = reference["csi.v1.Node"].NodePublishVolume;
+  const request = {
+    volume_id: "csi-1",
+    target_path: "/t",
+    volume_capability: { mount: { fs_type: "" }, access_mode: { mode: "SINGLE_NODE_WRITER" } },
+    readonly: true,
+    volume_context: { "csi.storage.k8s.io/ephemeral": "true" },
+  };
+  const bytes = theirs.requestSerialize(request);
+  assert.deepEqual([...ours.requestSerialize(request)], [...bytes]);
+  assert.deepEqual(ours.requestDeserialize(bytes), theirs.requestDeserialize(bytes));
+  assert.equal(ours.path, theirs.path);
+  assert.equal(ours.originalName, theirs.originalName);
+});

@@ -391,6 +391,46 @@ test(
 );
 
 test(
+  "the start-up audit hardens a bind left without nosuid,nodev,noexec; a republish keeps it",
+  async () => {
+    const tree = await makeTempTree();
+    const target = await tree.target("pod-unhardened");
+    await Deno.mkdir(target);
+    const options = async () =>
+      (await mountTable()).filter((e) => e.target === target).map((e) => e.options);
+    try {
+      await bind(tree.socketDir, target);
+      assert.ok(!(await options())[0]?.includes("noexec"), "starts unhardened");
+      const driver = await startDriver({ ...tree });
+      try {
+        await waitFor(
+          "the audit hardens the bind",
+          () => /Hardened/.test(driver.logs()) || undefined,
+        );
+        const client = new CsiClient(tree.csiSocketPath);
+        try {
+          await client.ok("NodePublishVolume", publishRequest(target));
+        } finally {
+          client.close();
+        }
+        const layers = await options();
+        assert.equal(layers.length, 1);
+        for (const flag of ["rw", "nosuid", "nodev", "noexec"]) {
+          assert.ok(layers[0]?.includes(flag), `${flag}: ${layers[0]?.join(",")}`);
+        }
+      } finally {
+        await driver.stop();
+      }
+    } finally {
+      for (const t of (await mountsUnder(tree.root)).reverse()) {
+        await new Deno.Command("/usr/bin/umount", { args: [t] }).output();
+      }
+      await tree.remove();
+    }
+  },
+);
+
+test(
   "the driver survives 1,000 calls on one connection (mixed OK and errors) and a disconnect",
   withDriver(async ({ tree, driver }) => {
     const client = new CsiClient(tree.csiSocketPath);

@@ -41,6 +41,12 @@ export interface NodeOptions {
    * the socket dir. Unit tests answer it from their fake mounter's binds.
    */
   isSocketDirBind?: (pin: Pin) => boolean;
+  /**
+   * Resolves true once the start-up audit has hardened every bind left without nosuid,nodev,noexec
+   * (false: it failed). From then on a republish of a published target runs no exec; until then,
+   * and without it, a republish hardens the bind again.
+   */
+  audited?: Promise<boolean>;
 }
 
 /** The Node service's handlers. */
@@ -88,6 +94,10 @@ export function createNodeService(options: NodeOptions): NodeService {
   const { socketDir, kubeletDir, mounter, pins } = options;
   const maxLayers = options.maxLayers ?? 10_000;
   const isSocketDirBind = options.isSocketDirBind ?? ((pin: Pin) => pinnedIs(pin, socketDir));
+  const audited = options.audited ?? Promise.resolve(false);
+  // False once a failed publish may have left a bind it could not undo (undo is best effort): a
+  // republish then cannot tell that bind from a hardened one, so it hardens again.
+  let trustBinds = true;
   const unsupported = (name: string) => () =>
     Promise.reject(new CsiError(Code.UNIMPLEMENTED, `${name} is not supported by this driver`));
 
@@ -118,10 +128,11 @@ export function createNodeService(options: NodeOptions): NodeService {
     try {
       target.enter(pin);
       if (!created) {
-        // Already published (kubelet retries, driver restarts): never stack a second layer, but
-        // harden again: a driver killed between the bind and the hardening left it without flags.
+        // Already published (kubelet retries, driver restarts): never stack a second layer. A
+        // bind this process made was hardened before its publish answered; one a killed driver
+        // left without flags the audit hardens, else it is hardened here.
         if (isSocketDirBind(pin)) {
-          await mounter.harden(target.mountTarget(pin));
+          if (!trustBinds || !(await audited)) await mounter.harden(target.mountTarget(pin));
           return {};
         }
         // A stale layer (e.g. of a socket dir that was since replaced): clear it, start clean.
@@ -140,7 +151,10 @@ export function createNodeService(options: NodeOptions): NodeService {
     } catch (error) {
       // Undo through the pin only: our bind, where the directory under it is now, then the
       // directory we created. A failed bindMount may still have left its bind.
-      if (bound !== undefined) await undoBind(pin, target, bound);
+      if (bound !== undefined) {
+        trustBinds = false;
+        await undoBind(pin, target, bound);
+      }
       try {
         if (created && target.exists(pin)) target.remove(pin);
       } catch { /* leave it: kubelet removes the directory after a final error */ }

@@ -47,7 +47,9 @@ export function mountArgs(
     case "bind":
       return ["--no-canonicalize", "--bind", source, target.childPath];
     case "harden":
-      return ["--no-canonicalize", "-o", `remount,bind,${HARDENING}`, target.childPath];
+      // A source ("none", which a remount ignores) keeps libmount from reading the whole mount
+      // table to look the target up: the same mount(2) call, without a scan of every mount.
+      return ["--no-canonicalize", "-o", `remount,bind,${HARDENING}`, "none", target.childPath];
     case "unmount":
       return ["--no-canonicalize", "-i", "-n", "-l", target.childPath];
   }

@@ -18,6 +18,7 @@ Deno.test("mountArgs() names the pinned directory only, never the target's path 
     "--no-canonicalize",
     "-o",
     "remount,bind,nosuid,nodev,noexec",
+    "none",
     "/proc/42/cwd",
   ]);
   assert.deepEqual(mountArgs("unmount", target), [
