@@ -22,6 +22,24 @@ export interface StartOptions {
   waitReady?: boolean;
 }
 
+/** One line of the driver's JSON log. */
+export interface LogRecord {
+  level: string;
+  message: string;
+  properties: Record<string, unknown>;
+}
+
+/** The driver's JSON log lines; a line that is not JSON (someone else's output) fails the test. */
+export function logRecords(logs: string): LogRecord[] {
+  return logs.split("\n").filter((line) => line !== "").map((line) => {
+    try {
+      return JSON.parse(line) as LogRecord;
+    } catch {
+      throw new Error(`not a log line of the driver: ${line}`);
+    }
+  });
+}
+
 /** A running driver. */
 export interface DriverProcess {
   config: Config;

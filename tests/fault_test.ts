@@ -63,7 +63,7 @@ class RetryingClient {
       this.retries.set(key, (this.retries.get(key) ?? 0) + 1);
       this.#client.close();
       this.#client = undefined;
-      await sleep(backoff);
+      await sleep(backoff); // a retry backoff, as kubelet's: the next call finds out
       backoff = Math.min(backoff * 2, 200);
     }
   }
@@ -155,6 +155,8 @@ Deno.test({
       for (let op = 0; op < OPS; op++) {
         if (op === nextKill) {
           await killing;
+          // The kill lands up to 12 ms into the next calls, at a point the seed picks: the sleep
+          // places the fault, nothing waits on it.
           const delay = random() * 12;
           killing = (async () => {
             await sleep(delay);

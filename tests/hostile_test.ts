@@ -829,7 +829,8 @@ async function connectionCases(suite: Suite): Promise<void> {
   const path = suite.tree.csiSocketPath;
   const requestBytes = concat(PREFACE, SETTINGS, frame(1, 0x4, 1, PROBE_HEADERS));
   let refused = 0;
-  // A full listen backlog refuses a connect with EAGAIN (WouldBlock): wait, then connect again.
+  // A full listen backlog refuses a connect with EAGAIN (WouldBlock): back off 5 ms, then connect
+  // again (a backoff, not a wait for an event: the retry itself finds out).
   const connect = async (): Promise<Deno.UnixConn> => {
     for (let attempt = 0;; attempt++) {
       try {
@@ -863,6 +864,8 @@ async function connectionCases(suite: Suite): Promise<void> {
     await Promise.all(Array.from({ length: 100 }, () => {
       const client = new CsiClient(path);
       const pending = client.call("Probe", {}, 2000);
+      // Dropped about 1 ms into the call, wherever it has got to: the timer picks the moment of
+      // the drop, nothing waits on it.
       setTimeout(() => client.close(), 1);
       return pending;
     }));

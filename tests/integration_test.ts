@@ -3,7 +3,7 @@
 // tests/run.sh's private mount namespace.
 import assert from "node:assert/strict";
 import { status } from "@grpc/grpc-js";
-import { type DriverProcess, startDriver } from "./_driver.ts";
+import { type DriverProcess, logRecords, startDriver } from "./_driver.ts";
 import { CsiClient, publishRequest } from "./_csi_client.ts";
 import {
   layers,
@@ -48,23 +48,6 @@ function withDriver(fn: (s: Setup) => Promise<void>, flags: string[] = []): () =
       await tree.remove();
     }
   };
-}
-
-interface LogRecord {
-  level: string;
-  message: string;
-  properties: Record<string, unknown>;
-}
-
-/** The driver's JSON log lines; a line that is not JSON (someone else's output) fails the test. */
-function logRecords(logs: string): LogRecord[] {
-  return logs.split("\n").filter((line) => line !== "").map((line) => {
-    try {
-      return JSON.parse(line) as LogRecord;
-    } catch {
-      throw new Error(`not a log line of the driver: ${line}`);
-    }
-  });
 }
 
 const test = (name: string, fn: () => Promise<void>) =>
@@ -443,8 +426,13 @@ test(
       codes.set(code, (codes.get(code) ?? 0) + 1);
     }
     assert.deepEqual(Object.fromEntries(codes), { 0: 500, [status.INVALID_ARGUMENT]: 500 });
+    // The driver has seen the disconnect once it closed its end of the connection.
+    const connected = await sockets(driver.child.pid);
     client.close();
-    await new Promise((r) => setTimeout(r, 500));
+    await waitFor(
+      "the driver to close the dropped connection",
+      async () => (await sockets(driver.child.pid)) < connected || undefined,
+    );
     const fresh = new CsiClient(tree.csiSocketPath);
     try {
       assert.equal((await fresh.ok<{ name: string }>("GetPluginInfo")).name, "csi.spiffe.io");
@@ -454,6 +442,17 @@ test(
     assert.equal(driver.child.pid > 0 && (await isAlive(driver.child.pid)), true, driver.logs());
   }),
 );
+
+/** How many sockets process `pid` holds open (its listeners and one per connection). */
+async function sockets(pid: number): Promise<number> {
+  // Deno reads /proc/<pid>/fd only with --allow-all: find lists it.
+  const output = await new Deno.Command("/usr/bin/find", {
+    args: [`/proc/${pid}/fd`, "-lname", "socket:*"],
+    stdout: "piped",
+  }).output();
+  assert.ok(output.success);
+  return new TextDecoder().decode(output.stdout).split("\n").filter((line) => line !== "").length;
+}
 
 async function isAlive(pid: number): Promise<boolean> {
   const output = await new Deno.Command("/usr/bin/kill", { args: ["-0", String(pid)] }).output();

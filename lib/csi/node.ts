@@ -94,10 +94,10 @@ export function createNodeService(options: NodeOptions): NodeService {
   const { socketDir, kubeletDir, mounter, pins } = options;
   const maxLayers = options.maxLayers ?? 10_000;
   const isSocketDirBind = options.isSocketDirBind ?? ((pin: Pin) => pinnedIs(pin, socketDir));
-  const audited = options.audited ?? Promise.resolve(false);
-  // False once a failed publish may have left a bind it could not undo (undo is best effort): a
+  // Whether every bind of the socket dir on a target is hardened: once the audit resolved true,
+  // until a failed publish may have left a bind it could not undo (undo is best effort); a
   // republish then cannot tell that bind from a hardened one, so it hardens again.
-  let trustBinds = true;
+  let bindsHardened = options.audited ?? Promise.resolve(false);
   const unsupported = (name: string) => () =>
     Promise.reject(new CsiError(Code.UNIMPLEMENTED, `${name} is not supported by this driver`));
 
@@ -111,53 +111,35 @@ export function createNodeService(options: NodeOptions): NodeService {
   }
 
   // With the pin at `target`'s parent or inside it: publish it (the steps README → Security lists).
+  // Ensure the directory, bind, verify, harden; each step that leaves something behind says how
+  // to undo it, and a failure undoes them newest first: our bind where the directory under it is
+  // now, then the directory this call created.
   async function publishPinned(pin: Pin, target: PinnedTarget): Promise<Empty> {
-    let created = false;
-    if (!target.exists(pin)) {
-      try {
-        created = target.create(pin);
-      } catch (error) {
-        throw new CsiError(
-          Code.INTERNAL,
-          `unable to create target path ${quote(target.path)}: ${errorMessage(error)}`,
-        );
-      }
-    }
-    // Where the directory we bound onto is, once a bind was made (it may have been renamed since).
-    let bound: string | undefined;
+    const undo: (() => Promise<void> | void)[] = [];
+    const madeDir = () => undo.push(() => removeCreated(pin, target));
+    const fresh = !target.exists(pin) && createDir(pin, target);
+    if (fresh) madeDir();
     try {
-      target.enter(pin);
-      if (!created) {
-        // Already published (kubelet retries, driver restarts): never stack a second layer. A
-        // bind this process made was hardened before its publish answered; one a killed driver
-        // left without flags the audit hardens, else it is hardened here.
-        if (isSocketDirBind(pin)) {
-          if (!trustBinds || !(await audited)) await mounter.harden(target.mountTarget(pin));
-          return {};
-        }
-        // A stale layer (e.g. of a socket dir that was since replaced): clear it, start clean.
-        const cleared = await target.clear(pin, (t) => mounter.unmount(t), maxLayers);
-        created = cleared.removed && !target.exists(pin) && target.create(pin);
+      if (!fresh) {
         target.enter(pin);
+        // Already published (kubelet retries, driver restarts): never stack a second layer.
+        if (isSocketDirBind(pin)) return await republish(pin, target);
+        if (await replaceStale(pin, target)) madeDir();
       }
-      bound = target.path;
+      target.enter(pin);
+      // Where the directory we bind onto is: a rename racing the mount may move it, and a
+      // failed bindMount may still have left its bind.
+      let under = target.path;
+      undo.push(() => undoBind(pin, target, under));
       await mounter.bindMount(socketDir, target.mountTarget(pin));
-      bound = pin.locate() ?? target.path;
-      if (bound !== target.path) throw new PinMovedError(target.path, bound);
+      under = pin.locate() ?? target.path;
+      if (under !== target.path) throw new PinMovedError(target.path, under);
       target.enter(pin);
       if (!isSocketDirBind(pin)) throw new Error("the new mount is not at the target path");
       await mounter.harden(target.mountTarget(pin));
       return {};
     } catch (error) {
-      // Undo through the pin only: our bind, where the directory under it is now, then the
-      // directory we created. A failed bindMount may still have left its bind.
-      if (bound !== undefined) {
-        trustBinds = false;
-        await undoBind(pin, target, bound);
-      }
-      try {
-        if (created && target.exists(pin)) target.remove(pin);
-      } catch { /* leave it: kubelet removes the directory after a final error */ }
+      for (const step of undo.reverse()) await step();
       if (error instanceof CsiError || error instanceof PinMovedError) throw error;
       throw new CsiError(
         Code.INTERNAL,
@@ -165,6 +147,40 @@ export function createNodeService(options: NodeOptions): NodeService {
         { cause: error },
       );
     }
+  }
+
+  // Creates the target inside the pinned parent; false when it appeared meanwhile.
+  function createDir(pin: Pin, target: PinnedTarget): boolean {
+    try {
+      return target.create(pin);
+    } catch (error) {
+      throw new CsiError(
+        Code.INTERNAL,
+        `unable to create target path ${quote(target.path)}: ${errorMessage(error)}`,
+      );
+    }
+  }
+
+  // Removes the directory a failed publish created, if it is still there and empty.
+  function removeCreated(pin: Pin, target: PinnedTarget): void {
+    try {
+      if (target.exists(pin)) target.remove(pin);
+    } catch { /* leave it: kubelet removes the directory after a final error */ }
+  }
+
+  // With the pin on our bind at the target. A bind this process made was hardened before its
+  // publish answered; one a killed driver left without flags the audit hardens, else it is
+  // hardened here.
+  async function republish(pin: Pin, target: PinnedTarget): Promise<Empty> {
+    if (!(await bindsHardened)) await mounter.harden(target.mountTarget(pin));
+    return {};
+  }
+
+  // A stale layer (e.g. of a socket dir that was since replaced): clear it and start clean. True
+  // when the directory was made anew (a leftover that is not empty and not a mount stays).
+  async function replaceStale(pin: Pin, target: PinnedTarget): Promise<boolean> {
+    const cleared = await target.clear(pin, (t) => mounter.unmount(t), maxLayers);
+    return cleared.removed && !target.exists(pin) && target.create(pin);
   }
 
   // Unmounts the socket dir binds on `at`, pinning it for each.
@@ -190,6 +206,7 @@ export function createNodeService(options: NodeOptions): NodeService {
    * bind, at the target, and beside it. A few tries: the racer may still be renaming.
    */
   async function undoBind(pin: Pin, target: PinnedTarget, bound: string): Promise<void> {
+    bindsHardened = Promise.resolve(false);
     const steps = [
       () => bound === target.path ? Promise.resolve() : unmountOurs(pin, new PinnedTarget(bound)),
       () => unmountOurs(pin, target),

@@ -99,8 +99,11 @@ Deno.test("validatePublish() rejects each bad request with upstream's message, i
   validatePublish(request());
 });
 
-/** A node service on a fresh tree; with `seam`, the fake mounter's binds count as binds. */
-async function service(seam = false) {
+/**
+ * A node service on a fresh tree; with `seam`, the fake mounter's binds count as binds, and with
+ * `audited`, the start-up audit has resolved that way.
+ */
+async function service(seam = false, audited?: boolean) {
   const tree = await makeTempTree();
   const mounter = new FakeMounter();
   const node = createNodeService({
@@ -111,6 +114,7 @@ async function service(seam = false) {
     mounter,
     pins: new DirPin({ link: tree.cwdLink }),
     ...(seam ? { isSocketDirBind: (pin: Pin) => mounter.isBind(pin) } : {}),
+    ...(audited === undefined ? {} : { audited: Promise.resolve(audited) }),
   });
   return { tree, mounter, node };
 }
@@ -123,6 +127,8 @@ interface DecisionRow {
   desc: string;
   before: Before;
   rpc: "publish" | "unpublish";
+  /** How the start-up audit resolved (none: no audit). */
+  audited?: boolean;
   /** Make the fake's bind fail with this message, or not land. */
   bind?: "fails" | "does not land";
   /** The mounter calls, by action, in order. */
@@ -146,6 +152,29 @@ const DECISIONS: DecisionRow[] = [
     before: "bind",
     rpc: "publish",
     calls: ["harden"],
+    after: "bind",
+  },
+  {
+    desc: "republish of our bind once the audit hardened every bind: no exec at all",
+    before: "bind",
+    rpc: "publish",
+    audited: true,
+    calls: [],
+    after: "bind",
+  },
+  {
+    desc: "republish of our bind when the audit failed: harden again",
+    before: "bind",
+    rpc: "publish",
+    audited: false,
+    calls: ["harden"],
+    after: "bind",
+  },
+  {
+    desc: "publish over a non-empty leftover that is not a mount: bind onto it, keep it",
+    before: "non-empty dir",
+    rpc: "publish",
+    calls: ["bind", "harden"],
     after: "bind",
   },
   {
@@ -206,7 +235,7 @@ const DECISIONS: DecisionRow[] = [
 
 for (const row of DECISIONS) {
   Deno.test(`node decision table: ${row.desc}`, async () => {
-    const { tree, mounter, node } = await service(true);
+    const { tree, mounter, node } = await service(true, row.audited);
     try {
       const target = row.before === "no parent"
         ? `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/mount`
@@ -244,11 +273,35 @@ for (const row of DECISIONS) {
       if (row.after === "bind") {
         assert.equal((info?.mode ?? 0) & 0o777, 0o750, "made by the driver");
       }
+      if (row.before === "non-empty dir") await Deno.lstat(`${target}/file`);
     } finally {
       await tree.remove();
     }
   });
 }
+
+Deno.test("NodePublishVolume hardens a republish again once a failed publish may have left a bind", async () => {
+  // Undo is best effort: after a failed bind, a republish cannot tell a bind it left from a
+  // hardened one, even with the audit done.
+  const { tree, mounter, node } = await service(true, true);
+  try {
+    const published = await tree.target("uid-1");
+    await Deno.mkdir(published, { mode: 0o750 });
+    mounter.bound.add(published);
+    await node.NodePublishVolume(request((r) => (r.target_path = published)));
+    assert.deepEqual(mounter.calls, [], "audited: no exec");
+
+    const failing = await tree.target("uid-2");
+    mounter.failBind = "mount: permission denied";
+    await assert.rejects(node.NodePublishVolume(request((r) => (r.target_path = failing))));
+    mounter.failBind = undefined;
+    mounter.calls = [];
+    await node.NodePublishVolume(request((r) => (r.target_path = published)));
+    assert.deepEqual(mounter.calls, [{ action: "harden", target: published }]);
+  } finally {
+    await tree.remove();
+  }
+});
 
 Deno.test("NodePublishVolume confines targets to the kubelet pods dir and mounts nothing otherwise", async () => {
   const { tree, mounter, node } = await service();
