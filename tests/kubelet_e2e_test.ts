@@ -31,13 +31,38 @@ const VOLUME = "spiffe-workload-api";
 const TRUST_DOMAIN = "example.org";
 const READONLY_MESSAGE = "pod.spec.volumes[].csi.readOnly must be set to 'true'";
 
+/**
+ * The binaries of node-driver-registrar v2.13.0 and livenessprobe v2.19.0 named by
+ * NODE_DRIVER_REGISTRAR and LIVENESSPROBE; without them the scenarios that need them are ignored.
+ */
+const REGISTRAR = Deno.env.get("NODE_DRIVER_REGISTRAR");
+const PROBE = Deno.env.get("LIVENESSPROBE");
+const SIDECARS = REGISTRAR && PROBE ? { registrar: REGISTRAR, probe: PROBE } : undefined;
+if (ENABLED && SIDECARS === undefined) {
+  console.log(
+    "IGNORED 1b and 10b: set NODE_DRIVER_REGISTRAR and LIVENESSPROBE to the binaries of " +
+      "node-driver-registrar v2.13.0 and livenessprobe v2.19.0 to run them (the Go module proxy " +
+      "does not serve them)",
+  );
+}
+
 let rig: Rig | undefined;
 let host: HostState | undefined;
 
-function test(name: string, fn: (rig: Rig) => Promise<void>): void {
+/** Options of a rig test. */
+interface TestOptions {
+  /** It runs node-driver-registrar and livenessprobe (SIDECARS): ignored without them. */
+  sidecars?: boolean;
+}
+
+function test(
+  name: string,
+  fn: (rig: Rig) => Promise<void>,
+  options: TestOptions = {},
+): void {
   Deno.test({
     name,
-    ignore: !ENABLED,
+    ignore: !ENABLED || (options.sidecars === true && SIDECARS === undefined),
     sanitizeOps: false,
     sanitizeResources: false,
     async fn() {
@@ -319,72 +344,60 @@ test("1. built-in registration puts the driver in the CSINode object with its no
   }, 60_000);
 });
 
-/**
- * The binaries of node-driver-registrar v2.13.0 and livenessprobe v2.19.0 named by
- * NODE_DRIVER_REGISTRAR and LIVENESSPROBE; without them the scenario says it is skipped.
- */
-function sidecarBinaries(): { registrar: string; probe: string } | undefined {
-  const registrar = Deno.env.get("NODE_DRIVER_REGISTRAR");
-  const probe = Deno.env.get("LIVENESSPROBE");
-  if (registrar && probe) return { registrar, probe };
-  console.log(
-    "SKIPPED: set NODE_DRIVER_REGISTRAR and LIVENESSPROBE to the binaries of node-driver-registrar " +
-      "v2.13.0 and livenessprobe v2.19.0 to run this scenario with them (the Go module proxy does not serve them)",
-  );
-  return undefined;
-}
-
-test("1b. registration through node-driver-registrar v2.13.0 and livenessprobe v2.19.0", async (r) => {
-  const binaries = sidecarBinaries();
-  if (!binaries) return;
-  const { registrar, probe } = binaries;
-  // The default manifests' layout: the driver without built-in registration, plus both sidecars.
-  await r.stopDriver("SIGTERM");
-  await waitFor("the driver to leave CSINode", async () => {
-    return (await csiNodeDrivers(r)).some((d) => d.name === DRIVER_NAME) ? undefined : true;
-  }, 60_000);
-  await r.startDriver({ builtinRegistration: false });
-  const [registrarPort, probePort] = [freeLoopbackPort(), freeLoopbackPort()];
-  const sidecars = [
-    new LoggedProcess("node-driver-registrar", registrar, [
-      `--csi-address=${r.csiSocketPath}`,
-      `--kubelet-registration-path=${r.csiSocketPath}`,
-      `--plugin-registration-path=${r.registrationDir}`,
-      `--http-endpoint=127.0.0.1:${registrarPort}`,
-    ]),
-    new LoggedProcess("livenessprobe", probe, [
-      `--csi-address=${r.csiSocketPath}`,
-      `--http-endpoint=127.0.0.1:${probePort}`,
-    ]),
-  ];
-  try {
-    const entry = await waitFor("the driver in CSINode through the registrar", async () => {
-      return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME);
-    }, 60_000);
-    assert.equal(entry.nodeID, NODE);
-    for (const port of [registrarPort, probePort]) {
-      await waitFor(`healthz on ${port}`, async () => {
-        const response = await fetch(`http://127.0.0.1:${port}/healthz`);
-        await response.body?.cancel();
-        return response.status === 200 ? true : undefined;
-      });
-    }
-  } catch (error) {
-    for (const sidecar of sidecars) console.error(`----- ${sidecar.name}\n${sidecar.logs()}`);
-    throw error;
-  } finally {
-    for (const sidecar of sidecars) await sidecar.stop();
+test(
+  "1b. registration through node-driver-registrar v2.13.0 and livenessprobe v2.19.0",
+  async (r) => {
+    if (!SIDECARS) throw new Error("NODE_DRIVER_REGISTRAR and LIVENESSPROBE are unset");
+    const { registrar, probe } = SIDECARS;
+    // The default manifests' layout: the driver without built-in registration, plus both sidecars.
     await r.stopDriver("SIGTERM");
-    await waitFor("the registrar's socket to go", async () => {
-      const names = await Array.fromAsync(Deno.readDir(r.registrationDir));
-      return names.length === 0 ? true : undefined;
-    });
-    await r.startDriver();
-  }
-  await waitFor("built-in registration back in CSINode", async () => {
-    return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME && d.nodeID === NODE);
-  }, 60_000);
-});
+    await waitFor("the driver to leave CSINode", async () => {
+      return (await csiNodeDrivers(r)).some((d) => d.name === DRIVER_NAME) ? undefined : true;
+    }, 60_000);
+    await r.startDriver({ builtinRegistration: false });
+    const [registrarPort, probePort] = [freeLoopbackPort(), freeLoopbackPort()];
+    const sidecars = [
+      new LoggedProcess("node-driver-registrar", registrar, [
+        `--csi-address=${r.csiSocketPath}`,
+        `--kubelet-registration-path=${r.csiSocketPath}`,
+        `--plugin-registration-path=${r.registrationDir}`,
+        `--http-endpoint=127.0.0.1:${registrarPort}`,
+      ]),
+      new LoggedProcess("livenessprobe", probe, [
+        `--csi-address=${r.csiSocketPath}`,
+        `--http-endpoint=127.0.0.1:${probePort}`,
+      ]),
+    ];
+    try {
+      const entry = await waitFor("the driver in CSINode through the registrar", async () => {
+        return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME);
+      }, 60_000);
+      assert.equal(entry.nodeID, NODE);
+      for (const port of [registrarPort, probePort]) {
+        await waitFor(`healthz on ${port}`, async () => {
+          const response = await fetch(`http://127.0.0.1:${port}/healthz`);
+          await response.body?.cancel();
+          return response.status === 200 ? true : undefined;
+        });
+      }
+    } catch (error) {
+      for (const sidecar of sidecars) console.error(`----- ${sidecar.name}\n${sidecar.logs()}`);
+      throw error;
+    } finally {
+      for (const sidecar of sidecars) await sidecar.stop();
+      await r.stopDriver("SIGTERM");
+      await waitFor("the registrar's socket to go", async () => {
+        const names = await Array.fromAsync(Deno.readDir(r.registrationDir));
+        return names.length === 0 ? true : undefined;
+      });
+      await r.startDriver();
+    }
+    await waitFor("built-in registration back in CSINode", async () => {
+      return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME && d.nodeID === NODE);
+    }, 60_000);
+  },
+  { sidecars: true },
+);
 
 test("2. pods in two namespaces fetch the X.509 SVID of their own k8s:ns/k8s:sa entry through the volume", async (r) => {
   for (const ref of [POD_A, POD_B]) {
@@ -829,48 +842,53 @@ test("10. the shipped DaemonSet: driver pod Ready, volume published inside its c
   await checkWorkloadsKeptWorking(r, switched);
 });
 
-test("10b. the manifests exactly as shipped, with node-driver-registrar and livenessprobe images made by hand", async (r) => {
-  const binaries = sidecarBinaries();
-  if (!binaries) return;
-  const { registrar, probe } = binaries;
-  // Named as manifests/base names them: with imagePullPolicy IfNotPresent nothing is pulled.
-  for (
-    const [name, binary] of [
-      ["registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0", registrar],
-      ["registry.k8s.io/sig-storage/livenessprobe:v2.19.0", probe],
-    ] as const
-  ) {
-    await importBinaryImage({
-      name,
-      binary,
-      containerdSocket: r.containerdSocket,
-      workDir: `${r.dir}/images`,
-    });
-  }
-  const [old] = await driverPods(r);
-  await kubectlApply(r, { image: r.driverImage, registration: "sidecars" });
-  const since = nowSeconds();
-  const pod = await waitDriverPod(r, old?.metadata.uid);
-  assert.deepEqual(
-    (pod.spec.containers as Obj[]).map((c) => c.name),
-    [DRIVER_CONTAINER, "node-driver-registrar", "liveness-probe"],
-  );
-  // Ready means all three run; the driver's liveness probe is served by the livenessprobe sidecar.
-  await waitRegistered(r, "the driver in CSINode through the registrar");
-  const ref: PodRef = { namespace: POD_A.namespace, name: "shipped-workload" };
-  const uid = await startWorkload(r, ref, since);
-  await waitPublishedBy(r, pod, targetOf(r, uid));
-  // Past the liveness probe's initial delay (10 s) and a period: no restart.
-  await waitFor("a liveness probe of the driver", async () => {
-    const lines = await driverLog(r, pod);
-    return lines.filter((l) => l.includes("Probe")).length >= 2 || undefined;
-  }, 120_000);
-  const now = await r.api.get(podPath({ namespace: DAEMONSET.namespace, name: pod.metadata.name }));
-  for (const status of now?.status.containerStatuses as Obj[]) {
-    assert.equal(status.restartCount, 0, `${status.name} restarted`);
-  }
-  await checkWorkloadsKeptWorking(r, since);
-});
+test(
+  "10b. the manifests exactly as shipped, with node-driver-registrar and livenessprobe images made by hand",
+  async (r) => {
+    if (!SIDECARS) throw new Error("NODE_DRIVER_REGISTRAR and LIVENESSPROBE are unset");
+    const { registrar, probe } = SIDECARS;
+    // Named as manifests/base names them: with imagePullPolicy IfNotPresent nothing is pulled.
+    for (
+      const [name, binary] of [
+        ["registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0", registrar],
+        ["registry.k8s.io/sig-storage/livenessprobe:v2.19.0", probe],
+      ] as const
+    ) {
+      await importBinaryImage({
+        name,
+        binary,
+        containerdSocket: r.containerdSocket,
+        workDir: `${r.dir}/images`,
+      });
+    }
+    const [old] = await driverPods(r);
+    await kubectlApply(r, { image: r.driverImage, registration: "sidecars" });
+    const since = nowSeconds();
+    const pod = await waitDriverPod(r, old?.metadata.uid);
+    assert.deepEqual(
+      (pod.spec.containers as Obj[]).map((c) => c.name),
+      [DRIVER_CONTAINER, "node-driver-registrar", "liveness-probe"],
+    );
+    // Ready means all three run; the driver's liveness probe is served by the livenessprobe sidecar.
+    await waitRegistered(r, "the driver in CSINode through the registrar");
+    const ref: PodRef = { namespace: POD_A.namespace, name: "shipped-workload" };
+    const uid = await startWorkload(r, ref, since);
+    await waitPublishedBy(r, pod, targetOf(r, uid));
+    // Past the liveness probe's initial delay (10 s) and a period: no restart.
+    await waitFor("a liveness probe of the driver", async () => {
+      const lines = await driverLog(r, pod);
+      return lines.filter((l) => l.includes("Probe")).length >= 2 || undefined;
+    }, 120_000);
+    const now = await r.api.get(
+      podPath({ namespace: DAEMONSET.namespace, name: pod.metadata.name }),
+    );
+    for (const status of now?.status.containerStatuses as Obj[]) {
+      assert.equal(status.restartCount, 0, `${status.name} restarted`);
+    }
+    await checkWorkloadsKeptWorking(r, since);
+  },
+  { sidecars: true },
+);
 
 test("11. the hardened Helm chart's args and paths (-workload-api-socket-dir /spire-agent-socket) with the same image", async (r) => {
   const [old] = await driverPods(r);
