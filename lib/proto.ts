@@ -24,9 +24,16 @@ export interface CsiPackage {
   Node: ServiceClientConstructor;
 }
 
+let csiRootOnce: protobuf.Namespace | undefined;
+
+// The csi.v1 types, built once from the embedded descriptor for the services and the UTF-8 check.
+function csiRoot(): protobuf.Namespace {
+  return csiRootOnce ??= protobuf.Root.fromJSON(csiJson as protobuf.INamespace).resolveAll();
+}
+
 /** Loads the csi.v1 package from the embedded descriptor. */
 export function loadCsi(): CsiPackage {
-  return loadPackage(csiJson, "csi.v1") as unknown as CsiPackage;
+  return loadPackage(csiRoot(), "csi.v1") as unknown as CsiPackage;
 }
 
 /**
@@ -34,8 +41,10 @@ export function loadCsi(): CsiPackage {
  * (protobufjs fromObject/encode, decode/toObject with LOADER_OPTIONS) but without its descriptor
  * building, which cost the driver ~35 ms of start-up with its import.
  */
-function loadPackage(json: unknown, name: string): Record<string, ServiceClientConstructor> {
-  const root = protobuf.Root.fromJSON(json as protobuf.INamespace).resolveAll();
+function loadPackage(
+  root: protobuf.Namespace,
+  name: string,
+): Record<string, ServiceClientConstructor> {
   const services: Record<string, ServiceClientConstructor> = {};
   const pkg = root.lookup(name);
   for (const service of pkg instanceof protobuf.Namespace ? pkg.nestedArray : []) {
@@ -73,8 +82,7 @@ const fatalUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** Protobuf types by full method path (`/csi.v1.Node/NodePublishVolume` -> its request type). */
 export function requestTypes(): Map<string, protobuf.Type> {
-  // deno-lint-ignore no-explicit-any
-  const root = protobuf.Root.fromJSON(csiJson as any).resolveAll();
+  const root = csiRoot();
   const types = new Map<string, protobuf.Type>();
   for (const name of ["Identity", "Node"]) {
     const service = root.lookupService(`csi.v1.${name}`);
@@ -163,5 +171,8 @@ export interface RegistrationPackage {
 
 /** Loads kubelet's plugin registration package from the embedded descriptor. */
 export function loadRegistration(): RegistrationPackage {
-  return loadPackage(registrationJson, "pluginregistration") as unknown as RegistrationPackage;
+  return loadPackage(
+    protobuf.Root.fromJSON(registrationJson as protobuf.INamespace).resolveAll(),
+    "pluginregistration",
+  ) as unknown as RegistrationPackage;
 }
