@@ -923,6 +923,14 @@ test("12. rolling update while workloads run: they keep fetching, one layer each
     `daemonset/${DAEMONSET.name}`,
     `ROLLED_AT=${since}`,
   ]);
+  // Created once the old driver pod is gone (the roll replaces it first), so its volume can only
+  // come from the new one, whether that is up yet or not: kubelet retries until it is.
+  const oldPath = `/api/v1/namespaces/${DAEMONSET.namespace}/pods/${old.metadata.name}`;
+  await waitFor(
+    "the old driver pod to be gone",
+    async () => (await r.api.get(oldPath)) === undefined || undefined,
+    180_000,
+  );
   const ref: PodRef = { namespace: POD_A.namespace, name: "created-during-roll" };
   const uid = await createPod(r, workloadPod(ref, SA[ref.namespace] as string));
   dsWorkloads.set(`${ref.namespace}/${ref.name}`, uid);
