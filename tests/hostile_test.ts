@@ -38,13 +38,16 @@ async function listTree(dir: string, out: string[] = []): Promise<string[]> {
   return out.sort();
 }
 
-/** /etc as names, inodes and modification times (a created, removed or rewritten entry shows). */
-async function listEtc(dir = "/etc", out: string[] = []): Promise<string[]> {
+/**
+ * /etc as names, inodes and modification times (a created, removed or rewritten entry shows):
+ * its top level around every case, all of it once around the whole suite.
+ */
+async function listEtc(dir = "/etc", out: string[] = [], deep = true): Promise<string[]> {
   const info = await Deno.lstat(dir);
   out.push(`${dir} ${info.ino} ${info.mtime?.getTime()}`);
   for await (const entry of Deno.readDir(dir)) {
     const path = `${dir}/${entry.name}`;
-    if (entry.isDirectory) {
+    if (entry.isDirectory && deep) {
       await listEtc(path, out);
     } else {
       const file = await Deno.lstat(path).catch(() => undefined);
@@ -62,7 +65,7 @@ interface Snapshot {
 
 async function snapshot(tree: TempTree): Promise<Snapshot> {
   const mounts = (await mountTable()).map((entry) => `${entry.target} ${entry.options.join(",")}`);
-  return { mounts, tree: await listTree(tree.root), etc: await listEtc() };
+  return { mounts, tree: await listTree(tree.root), etc: await listEtc("/etc", [], false) };
 }
 
 /** The suite's state: one driver, one client, and the cases counted so far. */
@@ -864,6 +867,7 @@ Deno.test({
   sanitizeResources: false,
   async fn(t) {
     const seed = testSeed("HOSTILE_SEED", "hostile");
+    const etcBefore = await listEtc();
     const tree = await makeTempTree();
     const driver = await startDriver({
       socketDir: tree.socketDir,
@@ -914,5 +918,6 @@ Deno.test({
     }
     assert.deepEqual(left.map((entry) => entry.target), [], "mounts left under the temp tree");
     await tree.remove();
+    assert.deepEqual(await listEtc(), etcBefore, "/etc changed");
   },
 });
