@@ -9,7 +9,8 @@ import { createRegistrationService } from "./lib/registration.ts";
 import { acceptsConnection } from "./lib/health/socket_dir.ts";
 import { socketDirReadiness } from "./lib/health/readiness.ts";
 import { routeGrpcLogs } from "./lib/grpc_log.ts";
-import { auditStackedMounts } from "./lib/mount/audit.ts";
+import { replaceLeftoverBinds } from "./lib/mount/leftovers.ts";
+import { SocketDirTemplate } from "./lib/mount/template.ts";
 import { errorMessage } from "./lib/errors.ts";
 import { DirPin } from "./lib/mount/dir_pin.ts";
 import { ungrantedPaths } from "./lib/config/permissions.ts";
@@ -63,8 +64,20 @@ async function main(args: string[]): Promise<number> {
     log.error("Cannot work on targets safely: {error}", { error: errorMessage(error) });
     return 2;
   }
-  let audited: (done: boolean) => void = () => {};
-  const auditDone = new Promise<boolean>((resolve) => audited = resolve);
+  const template = new SocketDirTemplate({
+    socketDir: config.socketDir,
+    dir: config.templateDir,
+    mounter,
+  });
+  // Built before serving, so the first publish needs no more than its bind; a socket dir that is
+  // not there yet is retried by each publish.
+  await pins.hold((pin) => template.ensure(pin)).catch((error) => {
+    log.warn("Cannot build the template of {workload_api_socket_dir} yet: {error}", {
+      workload_api_socket_dir: config.socketDir,
+      error: errorMessage(error),
+    });
+  });
+  const leftovers = Promise.withResolvers<boolean>();
   const server = createServer({
     log,
     identity: createIdentityService({
@@ -79,7 +92,8 @@ async function main(args: string[]): Promise<number> {
       socketNames: config.socketNames,
       mounter,
       pins,
-      audited: auditDone,
+      template,
+      leftoversReplaced: leftovers.promise,
     }),
   });
   // listen() replaces a stale socket; one that a server answers on belongs to a running driver.
@@ -99,12 +113,21 @@ async function main(args: string[]): Promise<number> {
     return 1;
   }
   log.info("Serving CSI on {csi_socket_path}", { csi_socket_path: config.csiSocketPath });
-  // Audit after serving: a slow mount table never delays registration.
-  auditStackedMounts(config, { mounter, pins, log, prune: config.pruneStackedMounts }).then(
-    () => audited(true),
+  // After serving: a slow mount table never delays registration. Until it is done, a republish
+  // replaces the bind itself (lib/csi/node.ts).
+  replaceLeftoverBinds(config, {
+    mounter,
+    pins,
+    template,
+    log,
+    prune: config.pruneStackedMounts,
+  }).then(
+    () => leftovers.resolve(true),
     (error) => {
-      audited(false);
-      log.warn("Stacked mount audit failed: {error}", { error: String(error) });
+      leftovers.resolve(false);
+      log.warn("Replacing the binds left by an earlier driver failed: {error}", {
+        error: errorMessage(error),
+      });
     },
   );
 
@@ -160,6 +183,7 @@ async function main(args: string[]): Promise<number> {
     await shutdown(registration, registrationSocket, SHUTDOWN_GRACE_MS);
   }
   await shutdown(server, config.csiSocketPath, SHUTDOWN_GRACE_MS);
+  await pins.hold((pin) => template.release(pin)).catch(() => {});
   log.info("Stopped; published volumes stay mounted");
   return "refused" in reason ? 1 : 0;
 }

@@ -46,6 +46,8 @@ export interface RpcStatus {
 const STATUS: Readonly<Record<Code, grpc.status>> = {
   INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
   NOT_FOUND: grpc.status.NOT_FOUND,
+  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
+  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
   INTERNAL: grpc.status.INTERNAL,
   UNIMPLEMENTED: grpc.status.UNIMPLEMENTED,
 };

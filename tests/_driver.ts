@@ -46,6 +46,8 @@ export interface DriverProcess {
   child: Deno.ChildProcess;
   /** Everything the driver wrote to stderr so far. */
   logs(): string;
+  /** Whether the process is still running. */
+  running(): boolean;
   /** Sends `signal` (default SIGTERM) and waits for the exit. */
   stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
   /** Waits for the driver to exit on its own; after `timeoutMs` it is killed (SIGKILL). */
@@ -122,6 +124,7 @@ export async function spawnDriver(options: SpawnOptions): Promise<DriverProcess>
     config,
     child,
     logs: () => logs,
+    running: () => !exited,
     async stop(signal: Deno.Signal = "SIGTERM") {
       if (!exited) {
         try {

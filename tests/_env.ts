@@ -3,12 +3,7 @@
 // In-process handlers pin targets by changing the working directory; put it back afterwards.
 const START_DIR = Deno.cwd();
 
-import {
-  layersAt,
-  type MountEntry,
-  parseMountListing,
-  unescapeOctal,
-} from "../lib/mount/mount_table.ts";
+import { type MountEntry, parseMountListing, unescapeOctal } from "../lib/mount/mount_table.ts";
 
 /** The mount table of this mount namespace, as `mount` lists it. */
 export async function mountTable(): Promise<MountEntry[]> {
@@ -63,9 +58,36 @@ export async function mountsUnder(root: string): Promise<string[]> {
   return (await mountEntriesUnder(root)).map((entry) => entry.target);
 }
 
-/** How many mounts are stacked at exactly `target`. */
+/** Lazily unmounts every mount at `root` or under it, newest first. */
+export async function unmountUnder(root: string): Promise<void> {
+  for (let round = 0; round < 100; round++) {
+    const targets = (await mountInfo()).map((m) => m.target)
+      .filter((target) => target === root || target.startsWith(`${root}/`));
+    if (targets.length === 0) return;
+    for (const target of targets.reverse()) {
+      await new Deno.Command("/usr/bin/umount", { args: ["-l", target], stderr: "null" }).output();
+    }
+  }
+}
+
+/** The per-mount flags of the top mount at `target`, from mountinfo (escaped: never misread). */
+export async function mountFlags(target: string, pid: number | "self" = "self"): Promise<string[]> {
+  const output = await new Deno.Command("cat", {
+    args: [`/proc/${pid}/mountinfo`],
+    stderr: "piped",
+  }).output();
+  if (!output.success) throw new Error(new TextDecoder().decode(output.stderr));
+  const lines = new TextDecoder().decode(output.stdout).split("\n")
+    .map((line) => line.split(" "))
+    .filter((fields) => unescapeOctal(fields[4] ?? "") === target);
+  const top = lines.at(-1);
+  if (top === undefined) throw new Error(`nothing is mounted at ${target} (pid ${pid})`);
+  return (top[5] ?? "").split(",");
+}
+
+/** How many mounts are stacked at exactly `target`, by mountinfo (which no mount source can forge). */
 export async function layers(target: string): Promise<number> {
-  return layersAt(await mountTable(), target);
+  return (await mountInfo()).filter((entry) => entry.target === target).length;
 }
 
 /** Writes a line to stdout at once (progress and replay seeds of the long suites). */
@@ -136,13 +158,13 @@ export function prng(seed: number): () => number {
 /** True inside tests/run.sh's private mount namespace (root): real-mount tests run. */
 export const REAL_MOUNTS = Deno.env.get("SPIFFE_CSI_REAL_MOUNTS") === "1";
 
-/** A kubelet-shaped temp tree: `<root>/agent` (socket dir), `<root>/kubelet/pods`, `<root>/csi/csi.sock`, `<root>/cwd`. */
+/** A kubelet-shaped temp tree: `<root>/agent` (socket dir), `<root>/kubelet/pods`, `<root>/csi/csi.sock`, and `<root>.run/cwd`. */
 export interface TempTree {
   root: string;
   socketDir: string;
   kubeletDir: string;
   csiSocketPath: string;
-  /** `<root>/cwd`, a symlink to /proc/self/cwd (the driver's -cwd-link). */
+  /** `<root>.run/cwd`, a symlink to /proc/self/cwd (the driver's -cwd-link); its template beside it. */
   cwdLink: string;
   /** `<kubelet>/pods/<uid>/volumes/kubernetes.io~csi/<vol>/mount`, with the parent created (0750) as kubelet does. */
   target(uid: string, volume?: string): Promise<string>;
@@ -153,12 +175,15 @@ export interface TempTree {
 /** Makes a fresh temp tree. */
 export async function makeTempTree(prefix = "spiffe-csi-test-"): Promise<TempTree> {
   const root = await Deno.makeTempDir({ prefix });
+  // The driver's own run dir (its -cwd-link and, beside it, its template mount) sits outside the
+  // tree, so "nothing is mounted under the tree" means the pods and the sockets alone.
+  const run = `${root}.run`;
   const tree: TempTree = {
     root,
     socketDir: `${root}/agent`,
     kubeletDir: `${root}/kubelet`,
     csiSocketPath: `${root}/csi/csi.sock`,
-    cwdLink: `${root}/cwd`,
+    cwdLink: `${run}/cwd`,
     async target(uid, volume = "spiffe") {
       const parent = `${root}/kubelet/pods/${uid}/volumes/kubernetes.io~csi/${volume}`;
       await Deno.mkdir(parent, { recursive: true, mode: 0o750 });
@@ -166,12 +191,18 @@ export async function makeTempTree(prefix = "spiffe-csi-test-"): Promise<TempTre
     },
     async remove() {
       Deno.chdir(START_DIR);
-      await Deno.remove(root, { recursive: true });
+      // The driver's template (<root>/socket-dir) is a bind of the socket dir: a recursive
+      // removal must not descend through it or any other mount left in the tree.
+      for (const dir of [run, root]) {
+        if (REAL_MOUNTS) await unmountUnder(dir);
+        await Deno.remove(dir, { recursive: true });
+      }
     },
   };
   await Deno.mkdir(tree.socketDir, { recursive: true });
   await Deno.mkdir(`${root}/csi`, { recursive: true });
   await Deno.mkdir(`${root}/kubelet/pods`, { recursive: true });
+  await Deno.mkdir(run);
   await Deno.symlink("/proc/self/cwd", tree.cwdLink);
   return tree;
 }

@@ -37,7 +37,7 @@ export class FakeMounter implements Mounter {
     return this.bound.has(pin.where);
   }
 
-  harden(target: MountTarget): Promise<void> {
+  harden(target: MountTarget, _readOnly: boolean): Promise<void> {
     this.calls.push({ action: "harden", target: target.path });
     return Promise.resolve();
   }

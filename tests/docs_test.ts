@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
 import denoConfig from "../deno.json" with { type: "json" };
 import { startDriver } from "./_driver.ts";
-import { mountTable, REAL_MOUNTS } from "./_env.ts";
+import { mountTable, REAL_MOUNTS, unmountUnder } from "./_env.ts";
 import { run } from "./_spire.ts";
 import { ROOT } from "./_driver.ts";
 
@@ -115,10 +115,12 @@ Deno.test({
       assert.equal(result.code, 0, `${result.stdout}${result.stderr}\n${driver.logs()}`);
       assert.match(result.stdout, /"name": "csi\.spiffe\.io"/);
       assert.match(result.stdout, /\bapi\.sock\b/, "the socket is visible through the target");
+      // Stopped as Ctrl-C stops `deno task local`: the template goes with the driver.
+      assert.equal((await driver.stop("SIGINT")).code, 0);
       assert.deepEqual(
         (await mountTable()).filter((e) => e.target.startsWith(`${root}/`)),
         [],
-        "the unpublish left a mount",
+        "the unpublish or the stop left a mount",
       );
     } catch (error) {
       console.error(driver.logs());
@@ -126,6 +128,7 @@ Deno.test({
     } finally {
       listener.close();
       await driver.stop("SIGKILL");
+      await unmountUnder(root);
       await Deno.remove(root, { recursive: true });
     }
   },

@@ -329,44 +329,52 @@ Deno.test({
         await assertOneHardenedLayer(tree, target, "retry");
       });
 
-      await t.step("hardening remount fails: the bind is undone, the retry succeeds", async () => {
-        const hardenBin = `${tree.root}/bin-harden`;
-        await Deno.mkdir(hardenBin);
-        // The bind lands but the hardening (nosuid,nodev,noexec) fails.
-        const onlyHarden = await fakeHardeningFailure(hardenBin);
-        await driver.stop();
-        const hardenDriver = await startDriver(
-          driverOptions(tree, [`-mount-path=${onlyHarden}`, `-umount-path=${fakeUmount}`]),
-        );
-        const hardenClient = new CsiClient(tree.csiSocketPath);
-        try {
-          const target = await tree.target("pod-harden-fails");
-          targets.push(target);
+      await t.step(
+        "the template's hardening fails: nothing is published, the retry succeeds",
+        async () => {
+          const hardenBin = `${tree.root}/bin-harden`;
+          await Deno.mkdir(hardenBin);
+          // The template's bind lands but its hardening (nosuid,nodev,noexec) fails, from the
+          // start on: no publish may bind from a template without its flags.
+          const onlyHarden = await fakeHardeningFailure(hardenBin);
           await Deno.writeTextFile(`${hardenBin}/fail-mount`, "");
-          const failed = await hardenClient.call("NodePublishVolume", publishRequest(target));
-          assert.ok(!failed.ok);
-          assert.equal(failed.code, status.INTERNAL, describe(failed));
-          assert.ok(
-            failed.details.startsWith(`unable to mount ${JSON.stringify(target)}: `),
-            failed.details,
+          await driver.stop();
+          const hardenDriver = await startDriver(
+            driverOptions(tree, [`-mount-path=${onlyHarden}`, `-umount-path=${fakeUmount}`]),
           );
-          assert.match(failed.details, /injected hardening failure/);
-          assert.equal(layersAt(await mountEntriesUnder(tree.root), target), 0, "bind not undone");
-          assert.ok(!(await exists(target)), "target dir left behind");
-          await Deno.remove(`${hardenBin}/fail-mount`);
-          const retried = await hardenClient.call("NodePublishVolume", publishRequest(target));
-          assert.ok(retried.ok, describe(retried));
-          await assertOneHardenedLayer(tree, target, "retry");
-          const unpublished = await hardenClient.call(
-            "NodeUnpublishVolume",
-            unpublishRequest(target),
-          );
-          assert.ok(unpublished.ok, describe(unpublished));
-        } finally {
-          hardenClient.close();
-          await hardenDriver.stop();
-        }
-      });
+          const hardenClient = new CsiClient(tree.csiSocketPath);
+          try {
+            const target = await tree.target("pod-harden-fails");
+            targets.push(target);
+            const failed = await hardenClient.call("NodePublishVolume", publishRequest(target));
+            assert.ok(!failed.ok);
+            assert.equal(failed.code, status.INTERNAL, describe(failed));
+            assert.ok(
+              failed.details.startsWith(`unable to mount ${JSON.stringify(target)}: `),
+              failed.details,
+            );
+            assert.match(failed.details, /injected hardening failure/);
+            assert.equal(
+              layersAt(await mountEntriesUnder(tree.root), target),
+              0,
+              "bind not undone",
+            );
+            assert.ok(!(await exists(target)), "target dir left behind");
+            await Deno.remove(`${hardenBin}/fail-mount`);
+            const retried = await hardenClient.call("NodePublishVolume", publishRequest(target));
+            assert.ok(retried.ok, describe(retried));
+            await assertOneHardenedLayer(tree, target, "retry");
+            const unpublished = await hardenClient.call(
+              "NodeUnpublishVolume",
+              unpublishRequest(target),
+            );
+            assert.ok(unpublished.ok, describe(unpublished));
+          } finally {
+            hardenClient.close();
+            await hardenDriver.stop();
+          }
+        },
+      );
     } finally {
       client.close();
       await driver.stop();

@@ -123,17 +123,18 @@ test(
 );
 
 test(
-  "publish replaces a stale layer (a socket dir that was since replaced) instead of stacking on it",
+  "publish onto a bind of another directory (a socket dir since replaced) leaves it: FailedPrecondition",
   withDriver(async ({ tree, client }) => {
     const old = `${tree.root}/old-agent`;
     await Deno.mkdir(old);
     const target = await tree.target("pod-a");
     await Deno.mkdir(target);
     await bind(old, target);
-    await client.ok("NodePublishVolume", publishRequest(target));
+    const result = await client.call("NodePublishVolume", publishRequest(target));
+    assert.equal(!result.ok && result.code, status.FAILED_PRECONDITION);
     assert.equal(await layers(target), 1);
-    const [a, b] = await Promise.all([Deno.stat(target), Deno.stat(tree.socketDir)]);
-    assert.equal(a.ino, b.ino);
+    const [a, b] = await Promise.all([Deno.stat(target), Deno.stat(old)]);
+    assert.equal(a.ino, b.ino, "the other directory is still the one mounted there");
   }),
 );
 
@@ -346,7 +347,7 @@ test(
 );
 
 test(
-  "the start-up audit logs stacked layers, and -prune-stacked-mounts removes all but one",
+  "at start stacked layers are logged and the top one replaced; -prune-stacked-mounts leaves one",
   async () => {
     const tree = await makeTempTree();
     const target = await tree.target("pod-a");
@@ -358,10 +359,14 @@ test(
         "the audit's log line",
         () => /Stacked mounts on/.test(audit.logs()) || undefined,
       );
+      await waitFor("the pass's end", () => /Replaced 1 bind/.test(audit.logs()) || undefined);
       await audit.stop();
-      assert.equal(await layers(target), 3, "audit alone changes nothing");
+      assert.equal(await layers(target), 3, "without prune the layers stay");
       const prune = await startDriver({ ...tree, flags: ["-prune-stacked-mounts"] });
-      await waitFor("the prune's log line", () => /Pruned/.test(prune.logs()) || undefined);
+      await waitFor(
+        "the prune's log line",
+        () => /Replaced 3 layer/.test(prune.logs()) || undefined,
+      );
       await prune.stop();
       assert.equal(await layers(target), 1);
     } finally {
@@ -374,7 +379,7 @@ test(
 );
 
 test(
-  "the start-up audit hardens a bind left without nosuid,nodev,noexec; a republish keeps it",
+  "a bind left without nosuid,nodev,noexec is replaced at start; a republish keeps it",
   async () => {
     const tree = await makeTempTree();
     const target = await tree.target("pod-unhardened");
@@ -387,8 +392,8 @@ test(
       const driver = await startDriver({ ...tree });
       try {
         await waitFor(
-          "the audit hardens the bind",
-          () => /Hardened/.test(driver.logs()) || undefined,
+          "the bind is replaced",
+          () => /Replaced 1 bind/.test(driver.logs()) || undefined,
         );
         const client = new CsiClient(tree.csiSocketPath);
         try {

@@ -21,6 +21,11 @@ export const DEFAULT_SOCKET_NAMES: readonly string[] = Object.freeze([
 /** The driver's version, reported by `--version` and GetPluginInfo. */
 export const VERSION: string = denoConfig.version;
 
+/** The driver's template of the socket dir (lib/mount/template.ts) for a `-cwd-link`: its sibling. */
+export function templateDirFor(cwdLink: string): string {
+  return `${dirname(cwdLink)}/socket-dir`;
+}
+
 /** The paths and names the permission set depends on. */
 export interface DriverPaths {
   /** Directory holding the Workload API socket (read, and connect for health checks). */
@@ -39,6 +44,8 @@ export interface DriverPaths {
   socketNames: string[];
   /** The symlink to /proc/self/cwd the driver reaches its pinned directory through. */
   cwdLink: string;
+  /** The hardened template of the socket dir (template.ts): `<dir of cwdLink>/socket-dir`. */
+  templateDir: string;
   /** Built-in registration's socket (`<plugin-registration-path>/<plugin-name>-reg.sock`); unset: none. */
   registrationSocketPath?: string;
 }
@@ -261,6 +268,7 @@ export function parseInvocation(args: string[], options: ParseOptions = {}): Inv
     mountPath: path("mount-path"),
     umountPath: path("umount-path"),
     cwdLink: path("cwd-link"),
+    templateDir: templateDirFor(path("cwd-link")),
     logLevel: oneOf("log-level", str("log-level"), LOG_LEVELS),
     logFormat: oneOf("log-format", str("log-format"), LOG_FORMATS),
     pruneStackedMounts: values.get("prune-stacked-mounts") === true,

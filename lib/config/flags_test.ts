@@ -36,6 +36,7 @@ Deno.test("parseInvocation() uses upstream's defaults", () => {
     mountPath: "/usr/bin/mount",
     umountPath: "/usr/bin/umount",
     cwdLink: "/run/spiffe-csi-driver/cwd",
+    templateDir: "/run/spiffe-csi-driver/socket-dir",
     logLevel: "info",
     logFormat: "json",
     pruneStackedMounts: false,

@@ -42,6 +42,7 @@ const ROLE_FLAGS: Record<Exclude<Role, "fixed">, string> = {
   mountPath: "-mount-path",
   umountPath: "-umount-path",
   cwdLink: "-cwd-link",
+  templateDir: "-cwd-link",
   registrationSocketPath: "-plugin-registration-path",
 };
 
@@ -73,6 +74,7 @@ export interface ContainerLayouts {
   mountPath: string;
   umountPath: string;
   cwdLink: string;
+  templateDir: string;
   registrationSocketPath: string;
 }
 
@@ -95,6 +97,7 @@ export function containerLayouts(set: PermissionSet = declaredPermissionSet()): 
     mountPath: one("mountPath"),
     umountPath: one("umountPath"),
     cwdLink: one("cwdLink"),
+    templateDir: one("templateDir"),
     registrationSocketPath: one("registrationSocketPath"),
   };
 }
@@ -113,6 +116,7 @@ function baseLayout(): DriverPaths {
     umountPath: layouts.umountPath,
     socketNames: [...DEFAULT_SOCKET_NAMES],
     cwdLink: layouts.cwdLink,
+    templateDir: layouts.templateDir,
     registrationSocketPath: layouts.registrationSocketPath,
   };
 }
@@ -221,6 +225,8 @@ function declaredGrants(set: PermissionSet): Grant[] {
         ? "kubeletDir"
         : value.endsWith("/cwd")
         ? "cwdLink"
+        : value.endsWith("/socket-dir")
+        ? "templateDir"
         : undefined;
       if (!role) throw new RangeError(`deno.json: no role for ${kind} entry ${value}`);
       out.push({

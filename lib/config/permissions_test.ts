@@ -18,7 +18,7 @@ const PODS_DIRS = [
   "/var/lib/k0s/kubelet/pods",
 ];
 
-Deno.test("the permission set allows only mount/umount, the socket dirs, the CSI socket, kubelet's pods dirs, the cwd link and the registration socket", () => {
+Deno.test("the permission set allows only mount/umount, the socket dirs, the CSI socket, kubelet's pods dirs, the cwd link, the template and the registration socket", () => {
   const set = declaredPermissionSet();
   assert.deepEqual(set.run, ["/usr/bin/mount", "/usr/bin/umount"]);
   assert.deepEqual(set.net, [
@@ -36,6 +36,7 @@ Deno.test("the permission set allows only mount/umount, the socket dirs, the CSI
       "/spire-agent-socket",
       ...PODS_DIRS,
       "/run/spiffe-csi-driver/cwd",
+      "/run/spiffe-csi-driver/socket-dir",
       "/registration/csi.spiffe.io-reg.sock",
     ].sort(),
   );
@@ -55,13 +56,15 @@ Deno.test("the image's set serves our layout, upstream's and every well-known ku
     mountPath: "/usr/bin/mount",
     umountPath: "/usr/bin/umount",
     cwdLink: "/run/spiffe-csi-driver/cwd",
+    templateDir: "/run/spiffe-csi-driver/socket-dir",
     registrationSocketPath: "/registration/csi.spiffe.io-reg.sock",
   });
   const image = permissionSet();
   const dirs = ["/spiffe-workload-api", "/spire-agent-socket"];
   const cwd = "/run/spiffe-csi-driver/cwd";
+  const template = "/run/spiffe-csi-driver/socket-dir";
   const reg = "/registration/csi.spiffe.io-reg.sock";
-  assert.deepEqual(image.read, [...dirs, "/spiffe-csi/csi.sock", ...PODS_DIRS, cwd, reg]);
+  assert.deepEqual(image.read, [...dirs, "/spiffe-csi/csi.sock", ...PODS_DIRS, cwd, template, reg]);
   assert.deepEqual(image.write, image.read);
   // Each socket dir gets a connect permission for each Workload API socket name.
   assert.deepEqual(image.net, [
@@ -71,7 +74,14 @@ Deno.test("the image's set serves our layout, upstream's and every well-known ku
   ]);
   // Another kubelet root (the build argument) replaces the well-known ones.
   const custom = permissionSet({ kubeletDir: "/opt/kubelet" });
-  assert.deepEqual(custom.write, [...dirs, "/spiffe-csi/csi.sock", "/opt/kubelet/pods", cwd, reg]);
+  assert.deepEqual(custom.write, [
+    ...dirs,
+    "/spiffe-csi/csi.sock",
+    "/opt/kubelet/pods",
+    cwd,
+    template,
+    reg,
+  ]);
   assert.equal(CONTAINER_PATHS.socketDir, "/spiffe-workload-api");
   assert.equal(CONTAINER_PATHS.kubeletDir, "/var/lib/kubelet");
 });
@@ -101,6 +111,7 @@ Deno.test("ungrantedPaths() names each configured path the running set does not 
     "unix:/spiffe-csi/csi.sock",
     "/usr/bin/mount",
     "/run/spiffe-csi-driver/cwd",
+    "/run/spiffe-csi-driver/socket-dir",
     "/registration/csi.spiffe.io-reg.sock",
     "unix:/registration/csi.spiffe.io-reg.sock",
   ]);
@@ -141,6 +152,7 @@ Deno.test("permissionSet() re-targets every path to the configured ones", () => 
     umountPath: "/bin/umount",
     socketNames: ["api.sock", "w.sock"],
     cwdLink: "/tmp/a/cwd",
+    templateDir: "/tmp/a/socket-dir",
   };
   assert.deepEqual(permissionSet(paths), {
     read: [
@@ -148,12 +160,14 @@ Deno.test("permissionSet() re-targets every path to the configured ones", () => 
       "/tmp/a/csi/csi.sock",
       "/var/snap/microk8s/common/var/lib/kubelet/pods",
       "/tmp/a/cwd",
+      "/tmp/a/socket-dir",
     ],
     write: [
       "/tmp/a/agent",
       "/tmp/a/csi/csi.sock",
       "/var/snap/microk8s/common/var/lib/kubelet/pods",
       "/tmp/a/cwd",
+      "/tmp/a/socket-dir",
     ],
     net: ["unix:/tmp/a/csi/csi.sock", "unix:/tmp/a/agent/api.sock", "unix:/tmp/a/agent/w.sock"],
     env: ["GRPC_*", "NODE"],

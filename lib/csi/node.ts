@@ -11,7 +11,8 @@ import type {
 } from "./types.ts";
 import type { Mounter } from "../mount/mounter.ts";
 import { assertNoSymlinks, parseTargetPath, quote, type TargetPath } from "../mount/target_path.ts";
-import { pinnedIs, PinnedTarget } from "../mount/pinned_target.ts";
+import { ForeignMountError, pinnedIs, PinnedTarget } from "../mount/pinned_target.ts";
+import type { Template } from "../mount/template.ts";
 import { type DirPin, type Pin, PinMovedError } from "../mount/dir_pin.ts";
 import { inspectSocketDir } from "../health/socket_dir.ts";
 
@@ -30,6 +31,8 @@ export interface NodeOptions {
   mounter: Mounter;
   /** The pinned-directory reference every step on a target goes through. */
   pins: DirPin;
+  /** The hardened template of the socket dir every publish binds from. */
+  template: Template;
   /** Most layers one unpublish removes before it gives up (kubelet retries). Default 10,000. */
   maxLayers?: number;
   /** Workload API socket names that volume health checks may connect to. */
@@ -42,11 +45,12 @@ export interface NodeOptions {
    */
   isSocketDirBind?: (pin: Pin) => boolean;
   /**
-   * Resolves true once the start-up audit has hardened every bind left without nosuid,nodev,noexec
-   * (false: it failed). From then on a republish of a published target runs no exec; until then,
-   * and without it, a republish hardens the bind again.
+   * Resolves true once the start-up pass (leftovers.ts) has replaced every bind of the socket
+   * dir that an earlier driver left, possibly without nosuid,nodev,noexec, by one from the
+   * template (false: it failed). A publish waits for it (at most 10 s); when it failed, and
+   * without it, a republish replaces the bind itself.
    */
-  audited?: Promise<boolean>;
+  leftoversReplaced?: Promise<boolean>;
 }
 
 /** The Node service's handlers. */
@@ -89,20 +93,47 @@ export function validatePublish(request: NodePublishVolumeRequest): void {
   }
 }
 
+/** How long a publish waits for the start-up pass over leftover binds. */
+const PASS_WAIT_MS = 10_000;
+
+/** `promise`, or `fallback` once `ms` passed without it settling. */
+function within<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
+  const late = Promise.withResolvers<T>();
+  const timer = setTimeout(() => late.resolve(fallback), ms);
+  return Promise.race([promise, late.promise]).finally(() => clearTimeout(timer));
+}
+
+function isNotFound(error: unknown): boolean {
+  return error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotADirectory;
+}
+
+/** Steps that undo what a publish did so far, run newest first when a later step fails. */
+type Undo = (() => Promise<void> | void)[];
+
 /** Creates the Node service. */
 export function createNodeService(options: NodeOptions): NodeService {
-  const { socketDir, kubeletDir, mounter, pins } = options;
+  const { socketDir, kubeletDir, mounter, pins, template } = options;
   const maxLayers = options.maxLayers ?? 10_000;
   const isSocketDirBind = options.isSocketDirBind ?? ((pin: Pin) => pinnedIs(pin, socketDir));
-  // Whether every bind of the socket dir on a target is hardened: once the audit resolved true,
-  // until a failed publish may have left a bind it could not undo (undo is best effort); a
-  // republish then cannot tell that bind from a hardened one, so it hardens again.
-  let bindsHardened = options.audited ?? Promise.resolve(false);
+  // A publish waits for the start-up pass before it takes the pin (the pass needs the pin too),
+  // at most PASS_WAIT_MS; after that it replaces a leftover bind itself.
+  const leftoversReplaced = options.leftoversReplaced
+    ? within(options.leftoversReplaced, PASS_WAIT_MS, false)
+    : Promise.resolve(false);
   const unsupported = (name: string) => () =>
     Promise.reject(new CsiError(Code.UNIMPLEMENTED, `${name} is not supported by this driver`));
 
-  // A pin that moved (a symlink, or a rename while in use) is the client's path at fault.
-  function movedToInvalid(error: unknown, path: string): unknown {
+  // A pin that moved (a symlink, or a rename while in use) is the client's path at fault; a
+  // mount that is not ours is left alone and said so.
+  function toCsiError(error: unknown, path: string): unknown {
+    if (error instanceof ForeignMountError) {
+      return new CsiError(
+        Code.FAILED_PRECONDITION,
+        `target path ${
+          quote(path)
+        } holds a mount that is not the Workload API socket directory: leaving it`,
+      );
+    }
     if (!(error instanceof PinMovedError)) return error;
     const how = error.actual === undefined
       ? "changed while in use"
@@ -110,37 +141,30 @@ export function createNodeService(options: NodeOptions): NodeService {
     return invalidArgument(`target path ${quote(path)} ${how}`);
   }
 
-  // With the pin at `target`'s parent or inside it: publish it (the steps README → Security lists).
-  // Ensure the directory, bind, verify, harden; each step that leaves something behind says how
-  // to undo it, and a failure undoes them newest first: our bind where the directory under it is
-  // now, then the directory this call created.
-  async function publishPinned(pin: Pin, target: PinnedTarget): Promise<Empty> {
-    const undo: (() => Promise<void> | void)[] = [];
-    const madeDir = () => undo.push(() => removeCreated(pin, target));
-    const fresh = !target.exists(pin) && createDir(pin, target);
-    if (fresh) madeDir();
+  // With the pin held: publish `target`, in the steps README → Security lists. Each step that
+  // leaves something behind registers its undo right after it; a failure runs them newest first.
+  async function publishPinned(
+    pin: Pin,
+    target: PinnedTarget,
+    leftoversReplaced: boolean,
+  ): Promise<Empty> {
+    const undo: Undo = [];
     try {
-      if (!fresh) {
+      if (target.exists(pin)) {
         target.enter(pin);
         // Already published (kubelet retries, driver restarts): never stack a second layer.
-        if (isSocketDirBind(pin)) return await republish(pin, target);
-        if (await replaceStale(pin, target)) madeDir();
+        if (isSocketDirBind(pin)) return await republish(pin, target, leftoversReplaced);
+        if (removeLeftoverDir(pin, target)) createDir(pin, target, undo);
+      } else {
+        createDir(pin, target, undo);
       }
-      target.enter(pin);
-      // Where the directory we bind onto is: a rename racing the mount may move it, and a
-      // failed bindMount may still have left its bind.
-      let under = target.path;
-      undo.push(() => undoBind(pin, target, under));
-      await mounter.bindMount(socketDir, target.mountTarget(pin));
-      under = pin.locate() ?? target.path;
-      if (under !== target.path) throw new PinMovedError(target.path, under);
-      target.enter(pin);
-      if (!isSocketDirBind(pin)) throw new Error("the new mount is not at the target path");
-      await mounter.harden(target.mountTarget(pin));
+      await template.ensure(pin);
+      await bindFromTemplate(pin, target, undo);
       return {};
     } catch (error) {
       for (const step of undo.reverse()) await step();
       if (error instanceof CsiError || error instanceof PinMovedError) throw error;
+      if (error instanceof ForeignMountError || isNotFound(error)) throw error;
       throw new CsiError(
         Code.INTERNAL,
         `unable to mount ${quote(target.path)}: ${errorMessage(error)}`,
@@ -149,16 +173,18 @@ export function createNodeService(options: NodeOptions): NodeService {
     }
   }
 
-  // Creates the target inside the pinned parent; false when it appeared meanwhile.
-  function createDir(pin: Pin, target: PinnedTarget): boolean {
+  // Creates the target inside the pinned parent; its undo removes it again if still empty.
+  function createDir(pin: Pin, target: PinnedTarget, undo: Undo): void {
+    pin.at(target.parent);
     try {
-      return target.create(pin);
+      target.create(pin);
     } catch (error) {
       throw new CsiError(
         Code.INTERNAL,
         `unable to create target path ${quote(target.path)}: ${errorMessage(error)}`,
       );
     }
+    undo.push(() => removeCreated(pin, target));
   }
 
   // Removes the directory a failed publish created, if it is still there and empty.
@@ -168,19 +194,54 @@ export function createNodeService(options: NodeOptions): NodeService {
     } catch { /* leave it: kubelet removes the directory after a final error */ }
   }
 
-  // With the pin on our bind at the target. A bind this process made was hardened before its
-  // publish answered; one a killed driver left without flags the audit hardens, else it is
-  // hardened here.
-  async function republish(pin: Pin, target: PinnedTarget): Promise<Empty> {
-    if (!(await bindsHardened)) await mounter.harden(target.mountTarget(pin));
-    return {};
+  // A directory at the target that is not our bind: an empty one is removed (true: make it anew
+  // with our mode), a non-empty one is bound over as upstream does, and a mount of anything but
+  // the socket dir stays exactly as it is (ForeignMountError).
+  function removeLeftoverDir(pin: Pin, target: PinnedTarget): boolean {
+    pin.at(target.parent);
+    const outcome = target.remove(pin);
+    if (outcome === "busy") throw new ForeignMountError(target.path);
+    return outcome === "removed";
   }
 
-  // A stale layer (e.g. of a socket dir that was since replaced): clear it and start clean. True
-  // when the directory was made anew (a leftover that is not empty and not a mount stays).
-  async function replaceStale(pin: Pin, target: PinnedTarget): Promise<boolean> {
-    const cleared = await target.clear(pin, (t) => mounter.unmount(t), maxLayers);
-    return cleared.removed && !target.exists(pin) && target.create(pin);
+  // Binds the template onto the pinned target directory and checks it landed there. The undo is
+  // registered first: a rename racing the mount may move the directory, and a failed bindMount
+  // may still have left its bind.
+  async function bindFromTemplate(
+    pin: Pin,
+    target: PinnedTarget,
+    undo: Undo,
+  ): Promise<void> {
+    target.enter(pin);
+    let under = target.path;
+    undo.push(() => undoBind(pin, target, under));
+    await mounter.bindMount(template.path, target.mountTarget(pin));
+    under = pin.locate() ?? target.path;
+    if (under !== target.path) throw new PinMovedError(target.path, under);
+    target.enter(pin);
+    if (!isSocketDirBind(pin)) throw new Error("the new mount is not at the target path");
+  }
+
+  // With the pin on our bind at the target. Every bind this process makes comes from the
+  // template; one an earlier driver left is replaced at start (leftovers.ts), or here if that
+  // pass failed: only a new mount carries new flags to the host.
+  async function republish(
+    pin: Pin,
+    target: PinnedTarget,
+    leftoversReplaced: boolean,
+  ): Promise<Empty> {
+    if (leftoversReplaced) return {};
+    await template.ensure(pin);
+    target.enter(pin);
+    await mounter.unmount(target.mountTarget(pin));
+    const undo: Undo = [];
+    try {
+      await bindFromTemplate(pin, target, undo);
+    } catch (error) {
+      for (const step of undo.reverse()) await step();
+      throw error;
+    }
+    return {};
   }
 
   // Unmounts the socket dir binds on `at`, pinning it for each.
@@ -206,7 +267,6 @@ export function createNodeService(options: NodeOptions): NodeService {
    * bind, at the target, and beside it. A few tries: the racer may still be renaming.
    */
   async function undoBind(pin: Pin, target: PinnedTarget, bound: string): Promise<void> {
-    bindsHardened = Promise.resolve(false);
     const steps = [
       () => bound === target.path ? Promise.resolve() : unmountOurs(pin, new PinnedTarget(bound)),
       () => unmountOurs(pin, target),
@@ -225,17 +285,16 @@ export function createNodeService(options: NodeOptions): NodeService {
   // A directory missing on the way to the target: a symlink that leads nowhere is the client's
   // path at fault (InvalidArgument), anything else is as it was. Checked only after a failure.
   async function missing(error: unknown, parsed: TargetPath): Promise<boolean> {
-    if (!(error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotADirectory)) {
-      return false;
-    }
+    if (!isNotFound(error)) return false;
     await assertNoSymlinks(parsed);
     return true;
   }
 
   async function publish(parsed: TargetPath, path: string): Promise<Empty> {
     const target = new PinnedTarget(path);
+    const replaced = await leftoversReplaced;
     try {
-      return await pins.hold((pin) => publishPinned(pin, target));
+      return await pins.hold((pin) => publishPinned(pin, target, replaced));
     } catch (error) {
       if (await missing(error, parsed)) {
         throw new CsiError(
@@ -243,28 +302,35 @@ export function createNodeService(options: NodeOptions): NodeService {
           `unable to create target path ${quote(path)}: ${errorMessage(error)}`,
         );
       }
-      throw movedToInvalid(error, path);
+      throw toCsiError(error, path);
     }
   }
 
   async function unpublish(parsed: TargetPath, path: string): Promise<Empty> {
     const target = new PinnedTarget(path);
     try {
-      const result = await pins.hold(async (pin) => {
+      const removed = await pins.hold(async (pin) => {
         try {
-          return await target.clear(pin, (t) => mounter.unmount(t), maxLayers);
+          return await target.clear(
+            pin,
+            (t) => mounter.unmount(t),
+            maxLayers,
+            isSocketDirBind,
+          );
         } finally {
           // Best effort: a stray is this driver's leftover, not the client's problem.
           await unmountStrays(pin, target).catch(() => {});
         }
       });
-      if (!result.removed) {
+      if (!removed) {
         throw new Error("the target path is not a mount point and is not empty");
       }
       return {};
     } catch (error) {
       if (error instanceof CsiError) throw error;
-      if (error instanceof PinMovedError) throw movedToInvalid(error, path);
+      if (error instanceof PinMovedError || error instanceof ForeignMountError) {
+        throw toCsiError(error, path);
+      }
       // The parent is gone too (node reboot, kubelet cleaned up): nothing is mounted there.
       if (await missing(error, parsed)) return {};
       throw new CsiError(
@@ -287,7 +353,7 @@ export function createNodeService(options: NodeOptions): NodeService {
         return { isBind: isSocketDirBind(pin) };
       });
     } catch (error) {
-      if (error instanceof PinMovedError) throw movedToInvalid(error, target.path);
+      if (error instanceof PinMovedError) throw toCsiError(error, target.path);
       if (!(await missing(error, parsed))) throw error;
       found = null;
     }

@@ -99,11 +99,14 @@ Deno.test("validatePublish() rejects each bad request with upstream's message, i
   validatePublish(request());
 });
 
+/** The template's path in these tests (a stand-in: the fake mounter mounts nothing). */
+const TEMPLATE = "/run/spiffe-csi-driver/socket-dir";
+
 /**
  * A node service on a fresh tree; with `seam`, the fake mounter's binds count as binds, and with
- * `audited`, the start-up audit has resolved that way.
+ * `replaced`, the start-up pass over leftover binds has resolved that way.
  */
-async function service(seam = false, audited?: boolean) {
+async function service(seam = false, replaced?: boolean) {
   const tree = await makeTempTree();
   const mounter = new FakeMounter();
   const node = createNodeService({
@@ -113,9 +116,12 @@ async function service(seam = false, audited?: boolean) {
     socketNames: ["api.sock"],
     mounter,
     pins: new DirPin({ link: tree.cwdLink }),
+    template: { path: TEMPLATE, ensure: () => Promise.resolve() },
     ...(seam ? { isSocketDirBind: (pin: Pin) => mounter.isBind(pin) } : {}),
-    ...(audited === undefined ? {} : { audited: Promise.resolve(audited) }),
+    ...(replaced === undefined ? {} : { leftoversReplaced: Promise.resolve(replaced) }),
   });
+  // Let the node service read how the pass resolved, as it would long before kubelet calls.
+  await Promise.resolve();
   return { tree, mounter, node };
 }
 
@@ -127,8 +133,8 @@ interface DecisionRow {
   desc: string;
   before: Before;
   rpc: "publish" | "unpublish";
-  /** How the start-up audit resolved (none: no audit). */
-  audited?: boolean;
+  /** How the start-up pass over leftover binds resolved (none: no pass). */
+  replaced?: boolean;
   /** Make the fake's bind fail with this message, or not land. */
   bind?: "fails" | "does not land";
   /** The mounter calls, by action, in order. */
@@ -141,47 +147,47 @@ interface DecisionRow {
 
 const DECISIONS: DecisionRow[] = [
   {
-    desc: "fresh publish: create, bind, harden",
+    desc: "fresh publish: create, then one bind from the template",
     before: "nothing",
     rpc: "publish",
-    calls: ["bind", "harden"],
+    calls: ["bind"],
     after: "bind",
   },
   {
-    desc: "republish of our bind: harden again, never a second layer",
+    desc: "republish before the start-up pass: replace the bind by one from the template",
     before: "bind",
     rpc: "publish",
-    calls: ["harden"],
+    calls: ["unmount", "bind"],
     after: "bind",
   },
   {
-    desc: "republish of our bind once the audit hardened every bind: no exec at all",
+    desc: "republish once the start-up pass replaced every leftover bind: no exec at all",
     before: "bind",
     rpc: "publish",
-    audited: true,
+    replaced: true,
     calls: [],
     after: "bind",
   },
   {
-    desc: "republish of our bind when the audit failed: harden again",
+    desc: "republish when the start-up pass failed: replace the bind",
     before: "bind",
     rpc: "publish",
-    audited: false,
-    calls: ["harden"],
+    replaced: false,
+    calls: ["unmount", "bind"],
     after: "bind",
   },
   {
     desc: "publish over a non-empty leftover that is not a mount: bind onto it, keep it",
     before: "non-empty dir",
     rpc: "publish",
-    calls: ["bind", "harden"],
+    calls: ["bind"],
     after: "bind",
   },
   {
     desc: "publish over a leftover directory that is not our bind: replace it, then bind",
     before: "plain dir",
     rpc: "publish",
-    calls: ["bind", "harden"],
+    calls: ["bind"],
     after: "bind",
   },
   {
@@ -235,7 +241,7 @@ const DECISIONS: DecisionRow[] = [
 
 for (const row of DECISIONS) {
   Deno.test(`node decision table: ${row.desc}`, async () => {
-    const { tree, mounter, node } = await service(true, row.audited);
+    const { tree, mounter, node } = await service(true, row.replaced);
     try {
       const target = row.before === "no parent"
         ? `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/mount`
@@ -280,24 +286,12 @@ for (const row of DECISIONS) {
   });
 }
 
-Deno.test("NodePublishVolume hardens a republish again once a failed publish may have left a bind", async () => {
-  // Undo is best effort: after a failed bind, a republish cannot tell a bind it left from a
-  // hardened one, even with the audit done.
-  const { tree, mounter, node } = await service(true, true);
+Deno.test("NodePublishVolume binds from the template, never from the socket dir's own path", async () => {
+  const { tree, mounter, node } = await service(true);
   try {
-    const published = await tree.target("uid-1");
-    await Deno.mkdir(published, { mode: 0o750 });
-    mounter.bound.add(published);
-    await node.NodePublishVolume(request((r) => (r.target_path = published)));
-    assert.deepEqual(mounter.calls, [], "audited: no exec");
-
-    const failing = await tree.target("uid-2");
-    mounter.failBind = "mount: permission denied";
-    await assert.rejects(node.NodePublishVolume(request((r) => (r.target_path = failing))));
-    mounter.failBind = undefined;
-    mounter.calls = [];
-    await node.NodePublishVolume(request((r) => (r.target_path = published)));
-    assert.deepEqual(mounter.calls, [{ action: "harden", target: published }]);
+    const target = await tree.target("uid-1");
+    await node.NodePublishVolume(request((r) => (r.target_path = target)));
+    assert.deepEqual(mounter.calls, [{ action: "bind", source: TEMPLATE, target }]);
   } finally {
     await tree.remove();
   }
@@ -383,7 +377,7 @@ Deno.test("NodePublishVolume creates the target 0750 and removes it again when t
         return true;
       },
     );
-    assert.deepEqual(mounter.calls, [{ action: "bind", source: tree.socketDir, target }]);
+    assert.deepEqual(mounter.calls, [{ action: "bind", source: TEMPLATE, target }]);
     await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
   } finally {
     await tree.remove();

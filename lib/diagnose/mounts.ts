@@ -1,6 +1,6 @@
 /** Checks of mount and umount: util-linux at the configured paths, no stacked layers under the pods dir. */
 import { isUtilLinux, type Mounter } from "../mount/mounter.ts";
-import { findStackedMounts } from "../mount/audit.ts";
+import { findStackedMounts } from "../mount/leftovers.ts";
 import {
   type CheckResult,
   describe,

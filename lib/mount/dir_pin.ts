@@ -9,7 +9,9 @@
  *
  * - in this process, `link`, a symlink to `/proc/self/cwd` that the permission set allows (Deno
  *   checks the string; the kernel follows the magic link to the directory itself);
- * - in a mount or umount child, `/proc/<driver pid>/cwd`.
+ * - in a mount or umount child, `/proc/<driver pid>/cwd`, spelled with a random run of `.`
+ *   components each time (`childPath`): umount looks a target it cannot find in the mount table
+ *   up as a mount SOURCE next, and anyone who can mount can name a source `/proc/1/cwd`.
  *
  * The working directory is one per process, so pinned sections never overlap: a section keeps the
  * pin until every child it started has exited.
@@ -38,14 +40,12 @@ export class PinMovedError extends Error {
 export interface Pin {
   /** The verified absolute path of the pinned directory. */
   readonly where: string;
-  /** A path a mount/umount child resolves to the pinned directory itself. */
-  readonly childPath: string;
+  /** A path a mount/umount child resolves to the pinned directory itself; new each call. */
+  childPath(): string;
   /** Pins `dir` (absolute): walks it from `/`, then verifies with getcwd that it arrived there. */
   at(dir: string): void;
   /** Moves the pin into `name` inside the pinned directory (crossing a mount on it) and verifies. */
   into(name: string): void;
-  /** Verifies the pinned directory is still at `where`. */
-  verify(): void;
   /** Where the pinned directory is now (it may have been renamed); undefined when unreachable. */
   locate(): string | undefined;
   /** This process's path to `name` inside the pinned directory, or to the directory itself. */
@@ -56,19 +56,15 @@ export interface Pin {
 export interface DirPinOptions {
   /** A symlink to `/proc/self/cwd` that the permission set allows reading and writing through. */
   link: string;
-  /** The process id children use to reach the pinned directory. Default: this process. */
-  pid?: number;
 }
 
 /** The process's working directory as a pinned directory reference, one section at a time. */
 export class DirPin {
   readonly #link: string;
-  readonly #childPath: string;
   #tail: Promise<unknown> = Promise.resolve();
 
   constructor(options: DirPinOptions) {
     this.#link = options.link;
-    this.#childPath = `/proc/${options.pid ?? Deno.pid}/cwd`;
   }
 
   /** Runs `work` with the pin; sections run one after another, never interleaved. */
@@ -118,7 +114,7 @@ export class DirPin {
       get where() {
         return where;
       },
-      childPath: this.#childPath,
+      childPath: () => procCwdPath(Deno.pid),
       at(dir) {
         try {
           Deno.chdir(dir);
@@ -135,15 +131,23 @@ export class DirPin {
         Deno.chdir(`${link}/${name}`);
         verify(expected);
       },
-      verify() {
-        verify(where);
-      },
       locate,
       path(name) {
         return name === undefined ? link : `${link}/${name}`;
       },
     };
   }
+}
+
+/**
+ * `/proc/<pid>/cwd` with 32 random bits spelled as runs of `.` components (at most 1 KiB more):
+ * the kernel walks it to the same directory, but no mount source can be prepared to equal it,
+ * so umount's fallback from target to source lookup never finds someone else's mount.
+ */
+export function procCwdPath(pid: number): string {
+  const [a, b, c, d] = crypto.getRandomValues(new Uint8Array(4));
+  const dots = (count = 0) => "./".repeat(count);
+  return `/${dots(a)}proc/${dots(b)}${pid}/${dots(c)}cwd${"/.".repeat(d ?? 0)}`;
 }
 
 /** True when `a` and `b` are the same directory (device and inode); false when either cannot be stat'ed. */

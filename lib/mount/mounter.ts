@@ -4,10 +4,10 @@ import { errorMessage } from "../errors.ts";
 
 /** Bind mounts and unmounts; injected so tests can use a fake. */
 export interface Mounter {
-  /** Bind-mounts `source` onto the directory `target` names (read-write on the host). */
+  /** Bind-mounts `source` onto the directory `target` names; the bind copies the source's flags. */
   bindMount(source: string, target: MountTarget): Promise<void>;
-  /** Applies nosuid,nodev,noexec to the mount whose root `target` names. */
-  harden(target: MountTarget): Promise<void>;
+  /** Sets nosuid,nodev,noexec (and ro when `readOnly`) on the mount whose root `target` names. */
+  harden(target: MountTarget, readOnly: boolean): Promise<void>;
   /** Detaches the mount whose root `target` names. */
   unmount(target: MountTarget): Promise<void>;
   /** The mount table as `mount` prints it (for audits, never on the publish path). */
@@ -29,27 +29,33 @@ export interface SystemMounterOptions {
   timeoutMs?: number;
 }
 
-const HARDENING = "nosuid,nodev,noexec";
+/** The per-mount flags every bind this driver makes carries. */
+export const HARDENING = "nosuid,nodev,noexec";
 
 /**
  * The argv for each operation (pure, so tests can check it). The target is always the pinned
- * directory's `/proc/<pid>/cwd`, which the kernel resolves to the directory itself, and
- * --no-canonicalize hands it to the kernel as is. A bind and its hardening are two runs: the
- * remount must name the new mount's root, which only a pin taken after the bind reaches. The
- * unmount is lazy because the driver's own working directory is inside the mount it detaches.
+ * directory's `/proc/<pid>/cwd` (see dir_pin.ts for its spelling), which the kernel resolves to
+ * the directory itself, and --no-canonicalize hands it to the kernel as is. Only the template
+ * (template.ts) is ever remounted: a remount changes one mount and does not propagate, so a
+ * publish binds from the hardened template and its bind arrives hardened everywhere. The unmount
+ * is lazy because the driver's own working directory is inside the mount it detaches.
  */
 export function mountArgs(
   operation: "bind" | "harden" | "unmount",
   target: MountTarget,
   source = "",
+  readOnly = false,
 ): string[] {
   switch (operation) {
     case "bind":
       return ["--no-canonicalize", "--bind", source, target.childPath];
-    case "harden":
-      // A source ("none", which a remount ignores) keeps libmount from reading the whole mount
-      // table to look the target up: the same mount(2) call, without a scan of every mount.
-      return ["--no-canonicalize", "-o", `remount,bind,${HARDENING}`, "none", target.childPath];
+    case "harden": {
+      // A remount sets the per-mount flags to exactly these: without `ro` it would clear the ro
+      // the bind copied from a read-only socket dir. A source ("none", which a remount ignores)
+      // keeps libmount from reading the whole mount table to look the target up.
+      const flags = readOnly ? `ro,${HARDENING}` : HARDENING;
+      return ["--no-canonicalize", "-o", `remount,bind,${flags}`, "none", target.childPath];
+    }
     case "unmount":
       return ["--no-canonicalize", "-i", "-n", "-l", target.childPath];
   }
@@ -85,8 +91,12 @@ export class SystemMounter implements Mounter {
     return this.#exec(this.#options.mountPath, mountArgs("bind", target, source), target);
   }
 
-  harden(target: MountTarget): Promise<void> {
-    return this.#exec(this.#options.mountPath, mountArgs("harden", target), target);
+  harden(target: MountTarget, readOnly: boolean): Promise<void> {
+    return this.#exec(
+      this.#options.mountPath,
+      mountArgs("harden", target, "", readOnly),
+      target,
+    );
   }
 
   unmount(target: MountTarget): Promise<void> {

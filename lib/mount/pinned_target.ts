@@ -35,7 +35,7 @@ export class PinnedTarget {
 
   /** The pinned target directory, for the mounter (call after `enter`). */
   mountTarget(pin: Pin): MountTarget {
-    return { path: this.path, childPath: pin.childPath };
+    return { path: this.path, childPath: pin.childPath() };
   }
 
   /**
@@ -79,23 +79,27 @@ export class PinnedTarget {
   }
 
   /**
-   * Removes the target, unmounting every layer stacked on it first. rmdir on a mount point fails
-   * with EBUSY, so each EBUSY means one more layer: no mount table scan and no exec for a plain
-   * directory. A missing target counts as removed; a missing parent throws NotFound.
+   * Removes the target, unmounting every layer stacked on it first, as long as `isOurs` says the
+   * pinned top layer is one this driver may unmount; any other layer throws ForeignMountError and
+   * stays. rmdir on a mount point fails with EBUSY, so each EBUSY means one more layer: no mount
+   * table scan and no exec for a plain directory. A missing target counts as removed; a missing
+   * parent throws NotFound. True when the directory is gone (false: not empty, not a mount).
    */
   async clear(
     pin: Pin,
     unmount: (target: MountTarget) => Promise<void>,
     maxLayers: number,
-  ): Promise<ClearResult> {
+    isOurs: (pin: Pin) => boolean,
+  ): Promise<boolean> {
     for (let unmounted = 0;; unmounted++) {
       pin.at(this.parent);
       const attempt = this.remove(pin);
-      if (attempt !== "busy") return { unmounted, removed: attempt === "removed" };
+      if (attempt !== "busy") return attempt === "removed";
       if (unmounted >= maxLayers) {
         throw new Error(`still a mount point after ${unmounted} unmounts`);
       }
       pin.into(this.name);
+      if (!isOurs(pin)) throw new ForeignMountError(this.path);
       await unmount(this.mountTarget(pin));
     }
   }
@@ -129,12 +133,16 @@ export class PinnedTarget {
   }
 }
 
-/** How `clear` ended. */
-export interface ClearResult {
-  /** Mount layers unmounted on the way. */
-  unmounted: number;
-  /** The directory is gone (false: it stays because it is not empty and not a mount point). */
-  removed: boolean;
+/** The target holds a mount that is not a bind of the socket dir: another driver's, left alone. */
+export class ForeignMountError extends Error {
+  override name = "ForeignMountError";
+  /** The target path, as the client named it. */
+  readonly path: string;
+
+  constructor(path: string) {
+    super(`${path} holds a mount that is not the Workload API socket directory`);
+    this.path = path;
+  }
 }
 
 /** True when the pinned directory is `dir` (same device and inode): the target is a bind of it. */

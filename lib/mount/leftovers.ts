@@ -1,0 +1,158 @@
+/**
+ * Start-up: the binds of the socket dir an earlier driver left on targets (upstream's, which
+ * carry no nosuid,nodev,noexec, an older version's, whose flags never reached the host, or the
+ * layers upstream 0.2.7 stacked, upstream #331) are each replaced by one bind from the template,
+ * so from then on every bind on the node arrives hardened and a republish runs no exec.
+ *
+ * The mount listing is read as hints, never as facts: util-linux prints mount sources raw, so a
+ * source with a newline in it can forge lines. A forged line can only ADD lines, though; it can
+ * neither remove nor change the real line of another mount. So a target is left alone only when
+ * exactly one line names it and that line shows nosuid,nodev,noexec (then it is the real line);
+ * any target named twice (stacked, or forged) or shown without a flag is replaced. Each
+ * candidate is pinned (dir_pin.ts) and acted on only while the pin shows a bind of the socket dir.
+ */
+import { HARDENING, type Mounter } from "./mounter.ts";
+import type { Logger } from "../log.ts";
+import { parseTargetPath } from "./target_path.ts";
+import { pinnedIs, PinnedTarget } from "./pinned_target.ts";
+import { type DirPin, type Pin, PinMovedError, sameFile } from "./dir_pin.ts";
+import type { Template } from "./template.ts";
+import { errorMessage } from "../errors.ts";
+
+/** The paths the pass works on. */
+export interface LeftoverPaths {
+  socketDir: string;
+  kubeletDir: string;
+}
+
+/** Most layers one target's prune unmounts. */
+const MAX_LAYERS = 10_000;
+
+/** What the listing says of one target: how many lines name it, and the last line's flags. */
+export interface Listed {
+  lines: number;
+  options: string[];
+}
+
+/**
+ * Every target path under `<kubeletDir>/pods` that a line of `mount`'s listing names (util-linux's
+ * `SRC on TARGET type FS (OPTIONS)`, printed raw), with how many lines name it. Each name is
+ * checked against the target shape; the listing's escapes are never undone, since util-linux
+ * prints none.
+ */
+export function listedTargets(listing: string, kubeletDir: string): Map<string, Listed> {
+  const marker = ` on ${kubeletDir.replace(/\/+$/, "")}/pods/`;
+  const targets = new Map<string, Listed>();
+  for (const line of listing.split("\n")) {
+    const start = line.indexOf(marker);
+    const end = line.lastIndexOf(" type ");
+    if (start < 0 || end <= start) continue;
+    const target = line.slice(start + 4, end);
+    try {
+      parseTargetPath(target, kubeletDir);
+    } catch {
+      continue;
+    }
+    const options = /\(([^()]*)\)$/.exec(line)?.[1]?.split(",") ?? [];
+    targets.set(target, { lines: (targets.get(target)?.lines ?? 0) + 1, options });
+  }
+  return targets;
+}
+
+/** True when the listing may be believed that `listed` is one hardened bind (see above). */
+function surelyHardened(listed: Listed): boolean {
+  return listed.lines === 1 && HARDENING.split(",").every((flag) => listed.options.includes(flag));
+}
+
+/** A target the listing shows with more than one layer, and that is a bind of the socket dir. */
+export interface StackedTarget {
+  target: string;
+  /** Layers as the listing counts them (a hint: see listedTargets). */
+  layers: number;
+}
+
+/** Targets that look stacked (diagnose's report; nothing acts on it). */
+export async function findStackedMounts(
+  paths: LeftoverPaths,
+  mounter: Mounter,
+): Promise<StackedTarget[]> {
+  const stacked: StackedTarget[] = [];
+  for (const [target, { lines }] of listedTargets(await mounter.list(), paths.kubeletDir)) {
+    if (lines >= 2 && sameFile(target, paths.socketDir)) stacked.push({ target, layers: lines });
+  }
+  return stacked;
+}
+
+/** Options for replaceLeftoverBinds. */
+export interface LeftoverOptions {
+  mounter: Mounter;
+  /** The pin every step goes through (shared with the node service). */
+  pins: DirPin;
+  template: Template;
+  log: Logger;
+  /** Unmount every layer of the socket dir on a target before the new bind, not only the top. */
+  prune: boolean;
+}
+
+/**
+ * Replaces the top bind of the socket dir on each target the listing does not surely show as one
+ * hardened bind (with prune: all of its layers) by one bind from the template. A replaced target
+ * ends with exactly one new bind on top whatever the listing claimed, so a forged count can never
+ * take a pod's last bind away. Between the unmount and the new bind (one exec) the target is its
+ * bare directory: a container started in that instant would see it empty. Returns how many
+ * targets were replaced.
+ */
+export async function replaceLeftoverBinds(
+  paths: LeftoverPaths,
+  options: LeftoverOptions,
+): Promise<number> {
+  const { mounter, pins, template, log } = options;
+  let replaced = 0;
+  for (const [path, listed] of listedTargets(await mounter.list(), paths.kubeletDir)) {
+    if (surelyHardened(listed)) continue;
+    const target = new PinnedTarget(path);
+    const isOurs = (pin: Pin) => pinnedIs(pin, paths.socketDir);
+    try {
+      const removed = await pins.hold(async (pin) => {
+        target.enter(pin);
+        if (!isOurs(pin)) return undefined;
+        await template.ensure(pin);
+        let layers = 0;
+        do {
+          target.enter(pin);
+          if (!isOurs(pin)) break;
+          await mounter.unmount(target.mountTarget(pin));
+          layers++;
+        } while (options.prune && layers < MAX_LAYERS);
+        target.enter(pin);
+        await mounter.bindMount(template.path, target.mountTarget(pin));
+        target.enter(pin);
+        if (!isOurs(pin)) throw new Error("the new mount is not at the target path");
+        return layers;
+      });
+      if (removed === undefined) continue;
+      replaced++;
+      if (listed.lines > 1 && !options.prune) {
+        log.warn("Stacked mounts on {target_path}: the mount table lists {layers} layers", {
+          target_path: path,
+          layers: listed.lines,
+        });
+      }
+      log.info("Replaced {layers} layer(s) on {target_path} by a bind from the template", {
+        target_path: path,
+        layers: removed,
+      });
+    } catch (error) {
+      // Unpublished meanwhile: nothing left to replace.
+      if (error instanceof Deno.errors.NotFound || error instanceof PinMovedError) continue;
+      log.warn("Could not replace the bind on {target_path}: {error}", {
+        target_path: path,
+        error: errorMessage(error),
+      });
+    }
+  }
+  log.info("Replaced {count} bind(s) of the socket dir left by an earlier driver", {
+    count: replaced,
+  });
+  return replaced;
+}
