@@ -4,7 +4,15 @@ import { setupLogging } from "./lib/log.ts";
 import { SystemMounter } from "./lib/mount/mounter.ts";
 import { createIdentityService } from "./lib/csi/identity.ts";
 import { createNodeService } from "./lib/csi/node.ts";
-import { createRegistrationServer, createServer, listen, shutdown } from "./lib/server.ts";
+import {
+  createRegistrationServer,
+  createServer,
+  CSI_LIMITS,
+  listen,
+  type Listener,
+  REGISTRATION_LIMITS,
+  SocketInUseError,
+} from "./lib/server.ts";
 import { createRegistrationService } from "./lib/registration.ts";
 import { acceptsConnection } from "./lib/health/socket_dir.ts";
 import { socketDirReadiness } from "./lib/health/readiness.ts";
@@ -97,19 +105,21 @@ async function main(args: string[]): Promise<number> {
     }),
   });
   // listen() replaces a stale socket; one that a server answers on belongs to a running driver.
-  if (await acceptsConnection(config.csiSocketPath, IN_USE_TIMEOUT_MS)) {
-    log.error("Another server already serves on {csi_socket_path}: not replacing it", {
-      csi_socket_path: config.csiSocketPath,
-    });
-    return 1;
-  }
+  const answers = (path: string) => acceptsConnection(path, IN_USE_TIMEOUT_MS);
+  let csi: Listener;
   try {
-    await listen(server, config.csiSocketPath);
+    csi = await listen(server, config.csiSocketPath, { limits: CSI_LIMITS, log, answers });
   } catch (error) {
-    log.error("Cannot serve CSI on {csi_socket_path}: {error}", {
-      csi_socket_path: config.csiSocketPath,
-      error: errorMessage(error),
-    });
+    if (error instanceof SocketInUseError) {
+      log.error("Another server already serves on {csi_socket_path}: not replacing it", {
+        csi_socket_path: config.csiSocketPath,
+      });
+    } else {
+      log.error("Cannot serve CSI on {csi_socket_path}: {error}", {
+        csi_socket_path: config.csiSocketPath,
+        error: errorMessage(error),
+      });
+    }
     return 1;
   }
   log.info("Serving CSI on {csi_socket_path}", { csi_socket_path: config.csiSocketPath });
@@ -142,9 +152,9 @@ async function main(args: string[]): Promise<number> {
   // Built-in registration (instead of node-driver-registrar): served once CSI answers, so kubelet's
   // NodeGetInfo right after GetInfo succeeds.
   const registrationSocket = config.registrationSocketPath;
-  let registration;
+  let registration: Listener | undefined;
   if (config.kubeletRegistrationPath !== undefined && registrationSocket !== undefined) {
-    registration = createRegistrationServer(
+    const server = createRegistrationServer(
       createRegistrationService({
         pluginName: config.pluginName,
         endpoint: config.kubeletRegistrationPath,
@@ -156,14 +166,18 @@ async function main(args: string[]): Promise<number> {
       log,
     );
     try {
-      await listen(registration, registrationSocket);
+      registration = await listen(server, registrationSocket, {
+        limits: REGISTRATION_LIMITS,
+        log,
+        answers,
+      });
       await Deno.chmod(registrationSocket, 0o600);
     } catch (error) {
       log.error("Cannot serve registration on {registration_socket}: {error}", {
         registration_socket: registrationSocket,
         error: errorMessage(error),
       });
-      await shutdown(server, config.csiSocketPath, SHUTDOWN_GRACE_MS);
+      await csi.shutdown(SHUTDOWN_GRACE_MS);
       return 1;
     }
     log.info("Serving kubelet plugin registration on {registration_socket}", {
@@ -179,10 +193,8 @@ async function main(args: string[]): Promise<number> {
   } else {
     log.info("Received {signal}: draining in-flight calls", { signal: reason.signal });
   }
-  if (registration && registrationSocket !== undefined) {
-    await shutdown(registration, registrationSocket, SHUTDOWN_GRACE_MS);
-  }
-  await shutdown(server, config.csiSocketPath, SHUTDOWN_GRACE_MS);
+  await registration?.shutdown(SHUTDOWN_GRACE_MS);
+  await csi.shutdown(SHUTDOWN_GRACE_MS);
   await pins.hold((pin) => template.release(pin)).catch(() => {});
   log.info("Stopped; published volumes stay mounted");
   return "refused" in reason ? 1 : 0;

@@ -95,62 +95,134 @@ export function requestTypes(): Map<string, protobuf.Type> {
   return types;
 }
 
-/**
- * The name of the first string field of `type` in `bytes` (nested messages and maps included)
- * that is not valid UTF-8, or undefined. protobufjs decodes such bytes to U+FFFD and carries on;
- * proto3 says a string field holds valid UTF-8, and grpc-go refuses it at decode. Malformed wire
- * data answers undefined: the decoder itself reports that.
- */
-export function invalidUtf8Field(type: protobuf.Type, bytes: Uint8Array): string | undefined {
-  try {
-    return scan(type, bytes);
-  } catch {
-    return undefined;
-  }
+/** Why a request is refused before it is decoded. */
+export interface Refusal {
+  /** InvalidArgument for malformed data, ResourceExhausted for too many entries. */
+  code: "INVALID_ARGUMENT" | "RESOURCE_EXHAUSTED";
+  message: string;
 }
 
-function scan(type: protobuf.Type, bytes: Uint8Array): string | undefined {
+/**
+ * Walks the wire bytes of a `type` message (nested messages and maps included) without building
+ * anything, and refuses it when protobufjs's decoder would let something through that it should
+ * not: a string field that is not valid UTF-8 (protobufjs puts U+FFFD in its place; proto3 and
+ * grpc-go refuse it), a known field sent with another wire type (protobufjs reads by field
+ * number alone, skipping that check), more than `maxEntries` entries in one map or repeated field
+ * (each costs the decoder objects on a heap of a few MiB), or data that does not parse at all.
+ */
+export function checkRequest(
+  type: protobuf.Type,
+  bytes: Uint8Array,
+  maxEntries: number,
+): Refusal | undefined {
+  let finding: Finding | undefined;
+  try {
+    finding = scan(type, bytes, maxEntries);
+  } catch {
+    return { code: "INVALID_ARGUMENT", message: "request is not a valid protobuf message" };
+  }
+  if (finding === undefined) return undefined;
+  return { code: finding.code, message: `request field ${finding.path.join(".")} ${finding.what}` };
+}
+
+/** What scan found wrong, and where: the field names from the request down. */
+interface Finding {
+  code: Refusal["code"];
+  path: string[];
+  what: string;
+}
+
+const WIRE_LENGTH_DELIMITED = 2;
+
+// The wire type a field's values are written with (a packed repeated scalar also comes as 2).
+function wireTypeOf(type: string, resolved: protobuf.ReflectionObject | null): number {
+  if (resolved instanceof protobuf.Type) return WIRE_LENGTH_DELIMITED;
+  if (resolved instanceof protobuf.Enum) return 0;
+  return (protobuf.types.basic as Record<string, number | undefined>)[type] ??
+    WIRE_LENGTH_DELIMITED;
+}
+
+function scan(type: protobuf.Type, bytes: Uint8Array, maxEntries: number): Finding | undefined {
   const reader = protobuf.Reader.create(bytes);
+  const entries = new Map<number, number>();
   while (reader.pos < reader.len) {
     const tag = reader.uint32();
-    const field = type.fieldsById[tag >>> 3];
-    if (field === undefined || (tag & 7) !== 2) {
-      reader.skipType(tag & 7);
+    const id = tag >>> 3;
+    const wire = tag & 7;
+    const field = type.fieldsById[id];
+    if (field === undefined) {
+      reader.skipType(wire);
+      continue;
+    }
+    const isMap = field instanceof protobuf.MapField;
+    const expected = isMap ? WIRE_LENGTH_DELIMITED : wireTypeOf(field.type, field.resolvedType);
+    const packed = field.repeated && wire === WIRE_LENGTH_DELIMITED;
+    if (wire !== expected && !packed) {
+      return { code: "INVALID_ARGUMENT", path: [field.name], what: `has wire type ${wire}` };
+    }
+    if (isMap || field.repeated) {
+      const count = (entries.get(id) ?? 0) + 1;
+      if (count > maxEntries) {
+        return {
+          code: "RESOURCE_EXHAUSTED",
+          path: [field.name],
+          what: `has more than ${maxEntries} entries`,
+        };
+      }
+      entries.set(id, count);
+    }
+    if (wire !== WIRE_LENGTH_DELIMITED || (packed && expected !== WIRE_LENGTH_DELIMITED)) {
+      reader.skipType(wire);
       continue;
     }
     const chunk = reader.bytes();
-    const bad = field instanceof protobuf.MapField
-      ? scanMapEntry(field, chunk)
-      : scanValue(field.type, field.resolvedType, chunk);
-    if (bad !== undefined) return bad === "" ? field.name : `${field.name}.${bad}`;
+    const inner = isMap
+      ? scanMapEntry(field, chunk, maxEntries)
+      : scanValue(field.type, field.resolvedType, chunk, maxEntries);
+    if (inner !== undefined) return { ...inner, path: [field.name, ...inner.path] };
   }
   return undefined;
 }
 
-// "" when the value itself is bad, a nested field's name, or undefined when it is fine.
+// A length-delimited value: a string must be UTF-8, a message is scanned in turn.
 function scanValue(
   kind: string,
   resolved: protobuf.ReflectionObject | null,
   chunk: Uint8Array,
-): string | undefined {
-  if (kind === "string") return isUtf8(chunk) ? undefined : "";
-  if (resolved instanceof protobuf.Type) return scan(resolved, chunk);
+  maxEntries: number,
+): Finding | undefined {
+  if (kind === "string" && !isUtf8(chunk)) {
+    return { code: "INVALID_ARGUMENT", path: [], what: "is not valid UTF-8" };
+  }
+  if (resolved instanceof protobuf.Type) return scan(resolved, chunk, maxEntries);
   return undefined;
 }
 
-function scanMapEntry(field: protobuf.MapField, entry: Uint8Array): string | undefined {
+function scanMapEntry(
+  field: protobuf.MapField,
+  entry: Uint8Array,
+  maxEntries: number,
+): Finding | undefined {
   const reader = protobuf.Reader.create(entry);
   while (reader.pos < reader.len) {
     const tag = reader.uint32();
-    if ((tag & 7) !== 2 || (tag >>> 3 !== 1 && tag >>> 3 !== 2)) {
-      reader.skipType(tag & 7);
+    const id = tag >>> 3;
+    const wire = tag & 7;
+    if (id !== 1 && id !== 2) {
+      reader.skipType(wire);
       continue;
     }
-    const chunk = reader.bytes();
-    const bad = tag >>> 3 === 1
-      ? scanValue(field.keyType, null, chunk)
-      : scanValue(field.type, field.resolvedType, chunk);
-    if (bad !== undefined) return bad === "" ? (tag >>> 3 === 1 ? "key" : "value") : bad;
+    const [kind, resolved] = id === 1 ? [field.keyType, null] : [field.type, field.resolvedType];
+    const name = id === 1 ? "key" : "value";
+    if (wire !== wireTypeOf(kind, resolved)) {
+      return { code: "INVALID_ARGUMENT", path: [name], what: `has wire type ${wire}` };
+    }
+    if (wire !== WIRE_LENGTH_DELIMITED) {
+      reader.skipType(wire);
+      continue;
+    }
+    const inner = scanValue(kind, resolved, reader.bytes(), maxEntries);
+    if (inner !== undefined) return { ...inner, path: [name, ...inner.path] };
   }
   return undefined;
 }

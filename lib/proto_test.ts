@@ -3,7 +3,7 @@ import protobuf from "protobufjs";
 import embedded from "./csi_proto.json" with { type: "json" };
 import registrationEmbedded from "./registration_proto.json" with { type: "json" };
 import { PROTO_FILE, protoToJson, REGISTRATION_PROTO_FILE } from "../tools/proto_json.ts";
-import { invalidUtf8Field, loadCsi, loadRegistration, requestTypes } from "./proto.ts";
+import { checkRequest, loadCsi, loadRegistration, requestTypes } from "./proto.ts";
 
 Deno.test("lib/csi_proto.json is up to date with proto/csi.proto (run deno task gen-proto)", async () => {
   assert.deepEqual(embedded, protoToJson(await Deno.readTextFile(PROTO_FILE)));
@@ -106,7 +106,7 @@ Deno.test("a publish request round-trips with the spec's field numbers, maps inc
   });
 });
 
-Deno.test("invalidUtf8Field() names the string field that is not UTF-8, in maps and nested messages too", () => {
+Deno.test("checkRequest() names the string field that is not UTF-8, in maps and nested messages too", () => {
   const types = requestTypes();
   const publish = types.get("/csi.v1.Node/NodePublishVolume")!;
   const raw = (fields: [number, Uint8Array][]) => {
@@ -114,25 +114,80 @@ Deno.test("invalidUtf8Field() names the string field that is not UTF-8, in maps 
     for (const [id, value] of fields) writer.uint32((id << 3) | 2).bytes(value);
     return writer.finish();
   };
+  const check = (type: protobuf.Type, bytes: Uint8Array) => checkRequest(type, bytes, 64)?.message;
   const bad = Uint8Array.from([0x76, 0x6f, 0x6c, 0xff, 0xfe]); // "vol\xff\xfe"
   const good = new TextEncoder().encode("vol\ufffd");
   const entry = (key: Uint8Array, value: Uint8Array) => raw([[1, key], [2, value]]);
+  const utf8 = (field: string) => `request field ${field} is not valid UTF-8`;
   // Field numbers from proto/csi.proto: volume_id 1, target_path 4, volume_context 8 (map).
-  assert.equal(invalidUtf8Field(publish, raw([[1, good], [4, good]])), undefined);
-  assert.equal(invalidUtf8Field(publish, raw([[1, good], [4, bad]])), "target_path");
-  assert.equal(invalidUtf8Field(publish, raw([[1, bad]])), "volume_id");
-  assert.equal(invalidUtf8Field(publish, raw([[8, entry(good, bad)]])), "volume_context.value");
-  assert.equal(invalidUtf8Field(publish, raw([[8, entry(bad, good)]])), "volume_context.key");
+  assert.equal(check(publish, raw([[1, good], [4, good]])), undefined);
+  assert.equal(check(publish, raw([[1, good], [4, bad]])), utf8("target_path"));
+  assert.equal(check(publish, raw([[1, bad]])), utf8("volume_id"));
+  assert.equal(check(publish, raw([[8, entry(good, bad)]])), utf8("volume_context.value"));
+  assert.equal(check(publish, raw([[8, entry(bad, good)]])), utf8("volume_context.key"));
   // volume_capability (5) -> mount (2) -> mount_flags (2, repeated string)
   const mount = raw([[2, good], [2, bad]]);
   assert.equal(
-    invalidUtf8Field(publish, raw([[5, raw([[2, mount]])]])),
-    "volume_capability.mount.mount_flags",
+    check(publish, raw([[5, raw([[2, mount]])]])),
+    utf8("volume_capability.mount.mount_flags"),
   );
   const stats = types.get("/csi.v1.Node/NodeGetVolumeStats")!;
-  assert.equal(invalidUtf8Field(stats, raw([[2, bad]])), "volume_path");
-  // Truncated wire data is the decoder's to report.
-  assert.equal(invalidUtf8Field(publish, Uint8Array.from([0x22, 0x05, 0x41])), undefined);
+  assert.equal(check(stats, raw([[2, bad]])), utf8("volume_path"));
+});
+
+Deno.test("checkRequest() refuses a known field with another wire type, and anything that does not parse", () => {
+  const publish = requestTypes().get("/csi.v1.Node/NodePublishVolume")!;
+  const writer = () => protobuf.Writer.create();
+  const refusal = (bytes: Uint8Array) => checkRequest(publish, bytes, 64);
+  // target_path (4, string) as a varint, a fixed64 and a fixed32.
+  for (
+    const [wire, bytes] of [
+      [0, writer().uint32(4 << 3).uint32(7).finish()],
+      [1, writer().uint32((4 << 3) | 1).fixed64(7).finish()],
+      [5, writer().uint32((4 << 3) | 5).fixed32(7).finish()],
+    ] as const
+  ) {
+    assert.deepEqual(refusal(bytes), {
+      code: "INVALID_ARGUMENT",
+      message: `request field target_path has wire type ${wire}`,
+    });
+  }
+  // readonly (6, bool) as a string; a map entry's value as a varint.
+  assert.equal(
+    refusal(writer().uint32((6 << 3) | 2).string("yes").finish())?.message,
+    "request field readonly has wire type 2",
+  );
+  const entry = writer().uint32((1 << 3) | 2).string("k").uint32(2 << 3).uint32(1).finish();
+  assert.equal(
+    refusal(writer().uint32((8 << 3) | 2).bytes(entry).finish())?.message,
+    "request field volume_context.value has wire type 0",
+  );
+  // Truncated, or a wire type that does not exist: not a protobuf message.
+  for (const bytes of [Uint8Array.from([0x22, 0x05, 0x41]), Uint8Array.from([0x7f, 0x00])]) {
+    assert.deepEqual(refusal(bytes), {
+      code: "INVALID_ARGUMENT",
+      message: "request is not a valid protobuf message",
+    });
+  }
+  // Unknown fields of any wire type are skipped, as proto3 says.
+  assert.equal(refusal(writer().uint32(99 << 3).uint32(1).finish()), undefined);
+});
+
+Deno.test("checkRequest() counts map and repeated entries before anything is decoded", () => {
+  const publish = requestTypes().get("/csi.v1.Node/NodePublishVolume")!;
+  const entries = (count: number) => {
+    const writer = protobuf.Writer.create();
+    for (let i = 0; i < count; i++) {
+      const entry = protobuf.Writer.create().uint32((1 << 3) | 2).string(`k${i}`).finish();
+      writer.uint32((8 << 3) | 2).bytes(entry);
+    }
+    return writer.finish();
+  };
+  assert.equal(checkRequest(publish, entries(3), 3), undefined);
+  assert.deepEqual(checkRequest(publish, entries(4), 3), {
+    code: "RESOURCE_EXHAUSTED",
+    message: "request field volume_context has more than 3 entries",
+  });
 });
 
 Deno.test("the codecs decode and encode exactly as @grpc/proto-loader's do", async () => {

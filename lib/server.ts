@@ -1,13 +1,20 @@
-/** The gRPC server on the CSI Unix socket: wraps every handler once, maps errors once, logs every RPC. */
+/**
+ * The gRPC server on the CSI Unix socket: wraps every handler once, maps errors once, logs every
+ * RPC (refusals grpc-js makes itself included), and bounds everything a client can make it hold.
+ */
 import * as grpc from "@grpc/grpc-js";
 import type { Buffer } from "node:buffer";
+import { createServer as createNetServer, type Server as NetServer } from "node:net";
 import type protobuf from "protobufjs";
-import { invalidUtf8Field, loadCsi, loadRegistration, requestTypes } from "./proto.ts";
+import { checkRequest, loadCsi, loadRegistration, requestTypes } from "./proto.ts";
 import { Code, CsiError, errorMessage } from "./errors.ts";
 import { KEYS, type Logger } from "./log.ts";
 import type { IdentityService } from "./csi/identity.ts";
 import type { NodeService } from "./csi/node.ts";
 import type { RegistrationService } from "./registration.ts";
+
+/** A status as grpc-js passes it around inside a call. */
+type StatusLike = { code: grpc.status; details?: string };
 
 /** Options for createServer. */
 export interface ServerOptions {
@@ -15,6 +22,46 @@ export interface ServerOptions {
   node: NodeService;
   log: Logger;
 }
+
+/**
+ * What one socket lets in. The V8 heap is a few MiB (permissions.ts: V8_FLAGS), so every bound is
+ * set from what the real callers send, with room to spare, and a request past one is refused
+ * with a status and one log line while every other caller is served.
+ */
+export interface Limits {
+  /** Largest request message, in bytes (larger: ResourceExhausted from grpc-js). */
+  messageBytes: number;
+  /** Most entries in one map or repeated field of a request, counted before decoding. */
+  entries: number;
+  /** Most streams open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
+  streams: number;
+  /** Most connections open at once; a connection past it is closed as soon as it is accepted. */
+  connections: number;
+}
+
+/**
+ * The CSI socket's limits. kubelet's largest request is a NodePublishVolume: a ~150-byte target
+ * path, a 68-byte volume id, five pod-info entries (~0.5 KiB), the pod's own volumeAttributes
+ * (this driver reads none) and, only with the CSIDriver's tokenRequests, ~1.5 KiB of token per
+ * audience: 16 KiB and 64 entries hold that with room to spare. kubelet dials one connection per
+ * RPC and grpc-go waits for a free stream rather than failing, so 8 streams per connection and
+ * 128 connections cover a burst of a full node (110 pods), while 128 x 8 pending streams stay a
+ * few MiB.
+ */
+export const CSI_LIMITS: Readonly<Limits> = Object.freeze({
+  messageBytes: 16 * 1024,
+  entries: 64,
+  streams: 8,
+  connections: 128,
+});
+
+/** The registration socket's limits: kubelet's plugin watcher alone calls it, a few tiny calls. */
+export const REGISTRATION_LIMITS: Readonly<Limits> = Object.freeze({
+  messageBytes: 4 * 1024,
+  entries: 16,
+  streams: 4,
+  connections: 8,
+});
 
 // deno-lint-ignore no-explicit-any
 type Handler = (request: any) => Promise<unknown>;
@@ -60,9 +107,9 @@ export function toRpcStatus(error: unknown): RpcStatus {
 
 /** A request refused while decoding: it never reaches a handler. */
 class UndecodableRequest {
-  readonly message: string;
-  constructor(message: string) {
-    this.message = message;
+  readonly error: CsiError;
+  constructor(code: Code, message: string) {
+    this.error = new CsiError(code, message);
   }
 }
 
@@ -75,9 +122,7 @@ function wrap(
     const started = performance.now();
     const fields = requestLogFields(call.request);
     try {
-      if (call.request instanceof UndecodableRequest) {
-        throw new CsiError(Code.INVALID_ARGUMENT, call.request.message);
-      }
+      if (call.request instanceof UndecodableRequest) throw call.request.error;
       const response = await handler(call.request);
       log.info("RPC succeeded", {
         [KEYS.method]: method,
@@ -112,27 +157,96 @@ function elapsed(started: number): number {
 let types: Map<string, protobuf.Type> | undefined;
 
 /**
- * The service definition with a decoder that refuses a string field that is not valid UTF-8
- * (protobufjs would hand the handler U+FFFD in its place, a path the client never named).
+ * The service definition with a decoder that refuses, before protobufjs builds anything, what it
+ * would let through: see checkRequest in proto.ts.
  */
-function strictUtf8(definition: grpc.ServiceDefinition): grpc.ServiceDefinition {
-  const strict: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+function checkedDecode(
+  definition: grpc.ServiceDefinition,
+  limits: Limits,
+): grpc.ServiceDefinition {
+  const checked: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const [name, method] of Object.entries(definition)) {
     const decode = method.requestDeserialize;
-    strict[name] = {
+    checked[name] = {
       ...method,
       requestDeserialize(bytes: Buffer) {
         types ??= requestTypes();
         const type = types.get(method.path);
-        const field = type === undefined ? undefined : invalidUtf8Field(type, bytes);
-        if (field !== undefined) {
-          return new UndecodableRequest(`request field ${field} is not valid UTF-8`);
+        const refusal = type === undefined ? undefined : checkRequest(type, bytes, limits.entries);
+        if (refusal !== undefined) {
+          return new UndecodableRequest(Code[refusal.code], refusal.message);
         }
-        return decode(bytes);
+        try {
+          return decode(bytes);
+        } catch {
+          return new UndecodableRequest(
+            Code.INVALID_ARGUMENT,
+            "request is not a valid protobuf message",
+          );
+        }
       },
     };
   }
-  return strict;
+  return checked;
+}
+
+/**
+ * grpc-js answers some requests itself, before any handler: a message over the size limit, an
+ * unknown method, a bad content type, a stream that ends without its message. Each still gets
+ * the one log line every RPC gets: statuses our handlers send pass the interceptor's responder,
+ * and any other status the call sends is one of grpc-js's own.
+ */
+function logOwnAnswers(log: Logger): grpc.ServerInterceptor {
+  return (method, call) => {
+    const started = performance.now();
+    let answered = false;
+    const inner = call as unknown as { sendStatus(status: StatusLike): void };
+    const send = inner.sendStatus.bind(inner);
+    inner.sendStatus = (status) => {
+      if (!answered) logRefusal(log, method.path, status, started);
+      send(status);
+    };
+    return new grpc.ServerInterceptingCall(call, {
+      sendStatus(status, next) {
+        answered = true;
+        next(status);
+      },
+    });
+  };
+}
+
+function logRefusal(
+  log: Logger,
+  path: string,
+  status: StatusLike,
+  started: number,
+): void {
+  log.warn("RPC failed", {
+    [KEYS.method]: path.slice(path.lastIndexOf("/") + 1),
+    [KEYS.code]: grpc.status[status.code] ?? String(status.code),
+    [KEYS.durationMs]: elapsed(started),
+    [KEYS.error]: status.details ?? "",
+  });
+}
+
+/** A grpc-js server bounded by `limits`, with every refusal logged. */
+function boundedServer(limits: Limits, log: Logger): grpc.Server {
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": limits.messageBytes,
+    "grpc.max_concurrent_streams": limits.streams,
+    interceptors: [logOwnAnswers(log)],
+  });
+  // An unknown method or a bad content type is answered before any interceptor exists.
+  const internals = server as unknown as {
+    _respondWithError(error: StatusLike, stream: unknown, info: unknown): void;
+  };
+  const respond = internals._respondWithError.bind(server);
+  internals._respondWithError = (error, stream, info) => {
+    // The method is not known here; an unimplemented method's details name it.
+    logRefusal(log, "/unknown", error, performance.now());
+    respond(error, stream, info);
+  };
+  return server;
 }
 
 function implementation(
@@ -148,17 +262,20 @@ function implementation(
   return impl;
 }
 
-/** Builds the gRPC server serving the Identity and Node services. */
+/** Builds the gRPC server serving the Identity and Node services, bounded by CSI_LIMITS. */
 export function createServer(options: ServerOptions): grpc.Server {
   const csi = loadCsi();
-  const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
+  const server = boundedServer(CSI_LIMITS, options.log);
   for (
     const [definition, service] of [
       [csi.Identity.service, options.identity],
       [csi.Node.service, options.node],
     ] as const
   ) {
-    server.addService(strictUtf8(definition), implementation(definition, service, options.log));
+    server.addService(
+      checkedDecode(definition, CSI_LIMITS),
+      implementation(definition, service, options.log),
+    );
   }
   return server;
 }
@@ -169,34 +286,109 @@ export function createRegistrationServer(
   log: Logger,
 ): grpc.Server {
   const service = loadRegistration().Registration.service;
-  const server = new grpc.Server({ "grpc.max_receive_message_length": 64 * 1024 });
+  const server = boundedServer(REGISTRATION_LIMITS, log);
   server.addService(service, implementation(service, registration, log));
   return server;
 }
 
-/** Listens on the Unix socket at `socketPath`, replacing a stale socket left by an earlier run. */
-export async function listen(server: grpc.Server, socketPath: string): Promise<void> {
-  try {
-    const info = await Deno.lstat(socketPath);
-    if (!info.isSocket) throw new Error(`${socketPath} exists and is not a socket`);
-    await Deno.remove(socketPath);
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
-  }
-  await new Promise<void>((resolve, reject) => {
-    server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (error) => {
-      if (error) reject(error);
-      else resolve();
-    });
-  });
+/** Another server answers on the socket: it belongs to a running driver, and is left alone. */
+export class SocketInUseError extends Error {
+  override name = "SocketInUseError";
 }
 
-/** Stops accepting calls, lets in-flight calls finish for up to `graceMs`, then removes the socket. */
-export async function shutdown(
+/** The socket a server listens on, and how to let go of it. */
+export interface Listener {
+  /** Stops accepting connections, lets in-flight calls finish for up to `graceMs`, then removes the socket if it is still the one this process made. */
+  shutdown(graceMs: number): Promise<void>;
+}
+
+/** Options for listen. */
+export interface ListenOptions {
+  /** The socket's limits (CSI_LIMITS or REGISTRATION_LIMITS): its `connections` are counted here. */
+  limits: Readonly<Limits>;
+  log: Logger;
+  /** Whether a server already answers on a path (a stale socket nobody answers is replaced). */
+  answers: (path: string) => Promise<boolean>;
+}
+
+/**
+ * Serves `server` on the Unix socket at `socketPath` through a net.Server of this process's own
+ * (grpc-js's connection injector), which counts connections. The bind comes first: only when the
+ * path is taken is it probed, and a socket file is removed only if nobody answers on it and it is
+ * still the same file, so a second instance never removes a live driver's socket.
+ */
+export async function listen(
   server: grpc.Server,
   socketPath: string,
-  graceMs: number,
-): Promise<void> {
+  options: ListenOptions,
+): Promise<Listener> {
+  const { log } = options;
+  const maxConnections = options.limits.connections;
+  const net = await bindSocket(socketPath, options.answers);
+  const mine = Deno.lstatSync(socketPath);
+  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  let open = 0;
+  let draining = false;
+  net.on("connection", (socket) => {
+    if (draining || open >= maxConnections) {
+      socket.destroy();
+      if (!draining) {
+        log.warn("Refused a connection on {socket}: {open} open, the most allowed", {
+          socket: socketPath,
+          open,
+        });
+      }
+      return;
+    }
+    open++;
+    socket.once("close", () => open--);
+    injector.injectConnection(socket);
+  });
+  return {
+    async shutdown(graceMs) {
+      draining = true;
+      await drain(server, graceMs);
+      removeIfMine(socketPath, mine);
+      // The net.Server is never closed: Deno unlinks a listener's path on close, whoever's it is
+      // by then. The listening socket goes with the process.
+    },
+  };
+}
+
+async function bindSocket(
+  path: string,
+  answers: (path: string) => Promise<boolean>,
+): Promise<NetServer> {
+  for (let attempt = 0;; attempt++) {
+    const net = createNetServer();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        net.once("error", reject);
+        net.listen(path, () => resolve());
+      });
+      return net;
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== "EADDRINUSE" || attempt >= 2) throw error;
+    }
+    const before = Deno.lstatSync(path);
+    if (!before.isSocket) throw new Error(`${path} exists and is not a socket`);
+    if (await answers(path)) {
+      throw new SocketInUseError(`another server already answers on ${path}`);
+    }
+    removeIfMine(path, before);
+  }
+}
+
+/** Removes `path` only while it is the file `mine` describes (same device and inode). */
+function removeIfMine(path: string, mine: Deno.FileInfo): void {
+  try {
+    const now = Deno.lstatSync(path);
+    if (now.dev === mine.dev && now.ino === mine.ino) Deno.removeSync(path);
+  } catch { /* already gone */ }
+}
+
+/** Lets in-flight calls finish for up to `graceMs`, then ends the rest. */
+async function drain(server: grpc.Server, graceMs: number): Promise<void> {
   await new Promise<void>((resolve) => {
     const timer = setTimeout(() => {
       server.forceShutdown();
@@ -207,5 +399,4 @@ export async function shutdown(
       resolve();
     });
   });
-  await Deno.remove(socketPath).catch(() => {});
 }

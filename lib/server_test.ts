@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Client, credentials, status } from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
 import protobuf from "protobufjs";
-import { createServer, listen, shutdown, toRpcStatus } from "./server.ts";
+import { createServer, CSI_LIMITS, listen, toRpcStatus } from "./server.ts";
 import { setupLogging } from "./log.ts";
 import { Code, CsiError } from "./errors.ts";
 import { createIdentityService } from "./csi/identity.ts";
@@ -49,7 +49,11 @@ Deno.test({
       NodeGetCapabilities: fail(new CsiError(Code.NOT_FOUND, "volume path does not exist")),
     } as unknown as NodeService;
     const server = createServer({ log, identity: IDENTITY, node });
-    await listen(server, `${dir}/csi.sock`);
+    const listener = await listen(server, `${dir}/csi.sock`, {
+      limits: CSI_LIMITS,
+      log,
+      answers: () => Promise.resolve(false),
+    });
     const client = new CsiClient(`${dir}/csi.sock`);
     try {
       const internal = await client.call("NodeGetInfo");
@@ -73,7 +77,7 @@ Deno.test({
       assert.equal(notFound.properties.stack, undefined);
     } finally {
       client.close();
-      await shutdown(server, `${dir}/csi.sock`, 1000);
+      await listener.shutdown(1000);
       await Deno.remove(dir, { recursive: true });
     }
   },
@@ -95,7 +99,11 @@ Deno.test({
       },
     } as unknown as NodeService;
     const server = createServer({ log, identity: IDENTITY, node });
-    await listen(server, `${dir}/csi.sock`);
+    const listener = await listen(server, `${dir}/csi.sock`, {
+      limits: CSI_LIMITS,
+      log,
+      answers: () => Promise.resolve(false),
+    });
     const client = new Client(`unix:${dir}/csi.sock`, credentials.createInsecure());
     const call = (bytes: Uint8Array) =>
       new Promise<{ code: number; details: string }>((resolve) => {
@@ -130,7 +138,7 @@ Deno.test({
       assert.equal(seen.length, 1, "valid UTF-8 (U+FFFD included) reaches the handler");
     } finally {
       client.close();
-      await shutdown(server, `${dir}/csi.sock`, 1000);
+      await listener.shutdown(1000);
       await Deno.remove(dir, { recursive: true });
     }
   },

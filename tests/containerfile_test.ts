@@ -346,6 +346,9 @@ Deno.test({
         assert.equal((info.mode ?? 0) & 0o6000, 0, `${path} is setuid or setgid`);
       }
       assert.equal(await Deno.readLink(`${root}${CONTAINER_PATHS.cwdLink}`), "/proc/self/cwd");
+      // The template's directory: the root is read-only at run time, so the driver cannot make it.
+      const template = await Deno.lstat(`${root}${CONTAINER_PATHS.templateDir}`);
+      assert.ok(template.isDirectory && (template.mode ?? 0) % 0o1000 === 0o700);
       // Every program runs there: its libraries are complete.
       for (const tool of [CONTAINER_PATHS.mountPath, CONTAINER_PATHS.umountPath]) {
         assert.match(await inRoot(root, [tool, "-V"]), /util-linux/);

@@ -44,9 +44,10 @@ async function makeContainerRoot(): Promise<{ root: string; remove(): Promise<vo
   for (const dir of ["/spire-agent-socket", "/spiffe-csi", "/var/lib/kubelet/pods", "/tmp"]) {
     await Deno.mkdir(`${root}${dir}`, { recursive: true });
   }
-  // The image ships the driver's -cwd-link (tools/rootfs.sh).
+  // The image ships the driver's -cwd-link and its template's directory (tools/rootfs.sh).
   await Deno.mkdir(`${root}${dirname(CONTAINER_PATHS.cwdLink)}`, { recursive: true });
   await Deno.symlink("/proc/self/cwd", `${root}${CONTAINER_PATHS.cwdLink}`);
+  await Deno.mkdir(`${root}${CONTAINER_PATHS.templateDir}`, { mode: 0o700 });
   return {
     root,
     async remove() {

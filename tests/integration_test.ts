@@ -274,6 +274,33 @@ test(
 );
 
 test(
+  "an old driver stopping after a new one took the socket path leaves the new one's socket alone",
+  withDriver(async ({ tree, driver }) => {
+    // A surge roll: the new pod's driver finds the old socket stale (here: made stale by hand)
+    // and serves a socket of its own on the path before the old driver has stopped.
+    await Deno.remove(tree.csiSocketPath);
+    const second = await startDriver({ ...tree });
+    try {
+      const ours = await Deno.lstat(tree.csiSocketPath);
+      assert.equal((await driver.stop("SIGTERM")).code, 0, driver.logs());
+      assert.equal(
+        (await Deno.lstat(tree.csiSocketPath)).ino,
+        ours.ino,
+        "the new socket was removed",
+      );
+      const client = new CsiClient(tree.csiSocketPath);
+      try {
+        assert.ok((await client.ok<{ ready: { value: boolean } }>("Probe")).ready.value);
+      } finally {
+        client.close();
+      }
+    } finally {
+      await second.stop("SIGKILL");
+    }
+  }),
+);
+
+test(
   "200 concurrent publishes of 200 targets, duplicates mixed in, leave exactly one layer each",
   withDriver(async ({ tree, client }) => {
     const targets: string[] = [];

@@ -736,15 +736,47 @@ async function containerPid(pod: Obj, container: string): Promise<number> {
   return Math.min(...pids);
 }
 
-/** Mount points (with the mounted root) in the mount namespace of `pid`. */
-async function mountsOf(pid: number): Promise<{ target: string; root: string }[]> {
+/** Mount points (with the mounted root and the per-mount flags) in the mount namespace of `pid`. */
+async function mountsOf(
+  pid: number,
+): Promise<{ target: string; root: string; options: string[] }[]> {
   const text = await Deno.readTextFile(`/proc/${pid}/mountinfo`);
   return text.split("\n").filter((l) => l !== "").map((line) => {
     const fields = line.split(" ");
     const unescape = (s: string) =>
       s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
-    return { root: unescape(fields[3] as string), target: unescape(fields[4] as string) };
+    return {
+      root: unescape(fields[3] as string),
+      target: unescape(fields[4] as string),
+      options: (fields[5] ?? "").split(","),
+    };
   });
+}
+
+/**
+ * Asserts the bind at `target` carries ro,nosuid,nodev,noexec in the driver's container, on the
+ * host (this process's namespace, where kubelet runs) and, as `/spiffe-workload-api`, in the
+ * workload's container: the flags must arrive with the bind, since a remount does not propagate.
+ */
+async function assertHardenedEverywhere(
+  driverPod: Obj,
+  workload: Obj,
+  target: string,
+): Promise<void> {
+  const places: [string, number, string][] = [
+    ["the driver's container", await containerPid(driverPod, DRIVER_CONTAINER), target],
+    ["the host", Deno.pid, target],
+    ["the workload's container", await containerPid(workload, "workload"), "/spiffe-workload-api"],
+  ];
+  for (const [where, pid, path] of places) {
+    const mounts = (await mountsOf(pid)).filter((m) => m.target === path);
+    assert.equal(mounts.length, 1, `one mount at ${path} in ${where}`);
+    const flags = mounts[0]?.options ?? [];
+    console.log(`${where}: ${path} ${flags.join(",")}`);
+    for (const flag of ["ro", "nosuid", "nodev", "noexec"]) {
+      assert.ok(flags.includes(flag), `${flag} in ${where}: ${flags.join(",")}`);
+    }
+  }
 }
 
 /** Records the driver container's memory from kubelet's /stats/summary. */
@@ -836,6 +868,7 @@ test("10. the shipped DaemonSet: driver pod Ready, volume published inside its c
     .filter((m) => m.target === "/spiffe-workload-api");
   assert.equal(inWorkload.length, 1, "the volume in the workload's container");
   assert.match(inWorkload[0]?.root ?? "", /\/agent-sockets$/, "the agent's socket dir");
+  await assertHardenedEverywhere(pod, workload as Obj, target);
   const log = await workloadLog(r, ref, uid);
   assert.deepEqual([...new Set(log.spiffeIds)], [spiffeIdOf(ref.namespace, SA[ref.namespace]!)]);
   // The pod the host driver published keeps working through the switch.
@@ -907,6 +940,7 @@ test("11. the hardened Helm chart's args and paths (-workload-api-socket-dir /sp
   const inDriver = (await mountsOf(await containerPid(pod, DRIVER_CONTAINER)))
     .filter((m) => m.target === targetOf(r, uid));
   assert.equal(inDriver.length, 1, "the bind in the driver's container");
+  await assertHardenedEverywhere(pod, await r.api.get(podPath(ref)) as Obj, targetOf(r, uid));
   await checkWorkloadsKeptWorking(r, since);
 });
 

@@ -9,7 +9,8 @@
 # DEST gets BINARY at /usr/local/bin/spiffe-csi-driver; util-linux mount and umount at the paths
 # the permission set allows (/usr/bin/mount, /usr/bin/umount) and nothing else runnable: no shell,
 # no busybox; the shared libraries ldd lists for the three, at their own paths; and the driver's
-# -cwd-link, /run/spiffe-csi-driver/cwd -> /proc/self/cwd. Run on the target architecture (ldd
+# -cwd-link, /run/spiffe-csi-driver/cwd -> /proc/self/cwd, with the empty directory of its template
+# of the socket dir beside it (the root is read-only at run time). Run on the target architecture (ldd
 # must use the target's loader), from a Debian that has util-linux's mount package.
 #
 # With --sources, DENO takes the binary's place at /usr/local/bin/deno, and the driver's sources
@@ -50,6 +51,7 @@ done | sort -u)
 [ -n "$libs" ] || { echo "ldd listed no libraries" >&2; exit 1; }
 for lib in $libs; do cp -L --parents "$lib" "$dest/"; done
 ln -sfn /proc/self/cwd "$dest/run/spiffe-csi-driver/cwd"
+mkdir -p -m 0700 "$dest/run/spiffe-csi-driver/socket-dir"
 
 if [ -n "$sources" ]; then
   app="$dest/usr/local/lib/spiffe-csi-driver"
