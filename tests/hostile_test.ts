@@ -22,10 +22,10 @@ import {
 } from "./_env.ts";
 import { layersAt } from "../lib/mount/mount_table.ts";
 import { CSI_LIMITS } from "../lib/server.ts";
+import { concat, frame, PREFACE, PROBE_HEADERS, SETTINGS } from "./_http2.ts";
 
 const { status } = grpc;
 const MIB = 1024 * 1024;
-const PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
 /** Every path under `dir` with its type and inode (symlinks are listed, never followed). */
 async function listTree(dir: string, out: string[] = []): Promise<string[]> {
@@ -537,51 +537,6 @@ async function rawExchange(path: string, bytes: Uint8Array, readMs = 100): Promi
   }
   return received;
 }
-
-function frame(
-  type: number,
-  flags: number,
-  stream: number,
-  payload: Uint8Array,
-  length = payload.length,
-) {
-  const header = new Uint8Array(9);
-  header.set([(length >> 16) & 0xff, (length >> 8) & 0xff, length & 0xff, type, flags]);
-  new DataView(header.buffer).setUint32(5, stream);
-  return concat(header, payload);
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
-
-/** HPACK literal header fields without indexing or Huffman coding (RFC 7541 6.2.2). */
-function headerBlock(headers: [string, string][]): Uint8Array {
-  const encoder = new TextEncoder();
-  const parts: Uint8Array[] = [];
-  for (const [name, value] of headers) {
-    const n = encoder.encode(name);
-    const v = encoder.encode(value);
-    parts.push(new Uint8Array([0x00, n.length]), n, new Uint8Array([v.length]), v);
-  }
-  return concat(...parts);
-}
-
-const SETTINGS = frame(4, 0, 0, new Uint8Array());
-const PROBE_HEADERS = headerBlock([
-  [":method", "POST"],
-  [":scheme", "http"],
-  [":path", "/csi.v1.Identity/Probe"],
-  [":authority", "localhost"],
-  ["content-type", "application/grpc"],
-  ["te", "trailers"],
-]);
 
 /** Random bytes and truncated HTTP/2 frames written raw on the Unix socket. */
 async function rawSocketCases(suite: Suite, seed: number): Promise<void> {

@@ -10,6 +10,7 @@ import { type DriverProcess, logRecords, startDriver } from "./_driver.ts";
 import { CsiClient, publishRequest } from "./_csi_client.ts";
 import { layers, makeTempTree, type TempTree, waitFor } from "./_env.ts";
 import { CSI_LIMITS } from "../lib/server.ts";
+import { concat, frame, PREFACE, PROBE_HEADERS, SETTINGS } from "./_http2.ts";
 
 const test = (name: string, fn: (s: { tree: TempTree; driver: DriverProcess }) => Promise<void>) =>
   Deno.test({
@@ -42,35 +43,6 @@ const test = (name: string, fn: (s: { tree: TempTree; driver: DriverProcess }) =
     },
   });
 
-/** One HTTP/2 frame. */
-function frame(type: number, flags: number, stream: number, payload: Uint8Array): Uint8Array {
-  const out = new Uint8Array(9 + payload.length);
-  out.set([payload.length >> 16, (payload.length >> 8) & 255, payload.length & 255, type, flags]);
-  new DataView(out.buffer).setUint32(5, stream);
-  out.set(payload, 9);
-  return out;
-}
-
-/** A HEADERS block for a gRPC call to Probe, HPACK literals only. */
-function probeHeaders(): Uint8Array {
-  const bytes: number[] = [];
-  for (
-    const [name, value] of [
-      [":method", "POST"],
-      [":scheme", "http"],
-      [":path", "/csi.v1.Identity/Probe"],
-      [":authority", "localhost"],
-      ["content-type", "application/grpc"],
-      ["te", "trailers"],
-    ]
-  ) {
-    const n = new TextEncoder().encode(name);
-    const v = new TextEncoder().encode(value);
-    bytes.push(0, n.length, ...n, v.length, ...v);
-  }
-  return Uint8Array.from(bytes);
-}
-
 /** Opens a connection and starts `streams` calls that send HEADERS and nothing more. */
 async function openEmptyStreams(path: string, streams: number): Promise<Deno.UnixConn | null> {
   let conn: Deno.UnixConn;
@@ -79,16 +51,9 @@ async function openEmptyStreams(path: string, streams: number): Promise<Deno.Uni
   } catch {
     return null;
   }
-  const headers = probeHeaders();
-  const preface = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-  const chunks = [preface, frame(4, 0, 0, new Uint8Array())];
-  for (let i = 0; i < streams; i++) chunks.push(frame(1, 0x4, 1 + 2 * i, headers));
-  const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const chunk of chunks) {
-    all.set(chunk, at);
-    at += chunk.length;
-  }
+  const chunks = [PREFACE, SETTINGS];
+  for (let i = 0; i < streams; i++) chunks.push(frame(1, 0x4, 1 + 2 * i, PROBE_HEADERS));
+  const all = concat(...chunks);
   try {
     for (let written = 0; written < all.length;) written += await conn.write(all.subarray(written));
   } catch { /* the server reset the connection: that is a refusal, as intended */ }
