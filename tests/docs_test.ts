@@ -133,3 +133,22 @@ Deno.test({
     }
   },
 });
+
+Deno.test("one Deno version: the start task and the tests refuse another, and every install line names it", async () => {
+  const { DENO_VERSION, wrongDeno } = await import("../tools/deno_version.ts");
+  assert.equal(wrongDeno(DENO_VERSION), undefined);
+  for (const other of ["2.9.4", "2.9.6", "2.10.0"]) {
+    assert.match(wrongDeno(other) ?? "", new RegExp(`^spiffe-csi-driver: Deno ${other} is not `));
+  }
+  const installs = [README, await Deno.readTextFile(join(ROOT, ".ci", "run"))]
+    .flatMap((text) => [...text.matchAll(/deno@([0-9.]+)/g)].map((m) => m[1]));
+  assert.ok(installs.length >= 3, "install lines");
+  assert.deepEqual([...new Set(installs)], [DENO_VERSION]);
+  const containerfile = await Deno.readTextFile(join(ROOT, "Containerfile"));
+  assert.ok(containerfile.includes(`denoland/deno:debian-${DENO_VERSION}`));
+  // The check the test task runs first passes on the pinned Deno.
+  const checked = await new Deno.Command(Deno.execPath(), {
+    args: ["run", join(ROOT, "tools", "deno_version.ts")],
+  }).output();
+  assert.equal(checked.code, 0);
+});

@@ -417,13 +417,20 @@ Deno.test("manifests: the example's agent, driver and workload agree on the sock
   assert.equal(endpoint, `unix://${mount.mountPath}/${socketName}`);
 });
 
-Deno.test("docs/operating.md documents every flag the driver accepts", async () => {
-  const doc = await Deno.readTextFile(join(ROOT, "docs", "operating.md"));
+Deno.test("README's and docs/operating.md's flag tables list every flag the driver accepts", async () => {
   const flags = [...usage().matchAll(/^ {2}-([a-z-]+)/gm)].map((m) => m[1] as string);
   assert.ok(flags.length >= 10, `only ${flags.length} flags in usage()`);
-  for (const name of flags) {
-    const shown = name === "help" || name === "version" ? `\`--${name}\`` : `\`-${name}\``;
-    assert.ok(doc.includes(shown), `${shown} is not in docs/operating.md`);
+  for (const file of ["README.md", join("docs", "operating.md")]) {
+    const doc = await Deno.readTextFile(join(ROOT, file));
+    // The first cell of every table row.
+    const firstCells = [...doc.matchAll(/^\| ([^|]*)\|/gm)].map((m) => m[1] as string);
+    for (const name of flags) {
+      const shown = name === "help" || name === "version" ? `\`--${name}\`` : `\`-${name}\``;
+      assert.ok(
+        firstCells.some((cell) => cell.includes(shown)),
+        `${shown} is not in ${file}'s tables`,
+      );
+    }
   }
 });
 

@@ -4,6 +4,7 @@
 # host's mount table; without root they are skipped (and said so).
 set -eu
 cd "$(dirname "$0")/.."
+deno run tools/deno_version.ts
 sh tools/install_peers.sh
 FLAGS="--allow-read --allow-write --allow-run --allow-env --allow-net --allow-sys"
 if [ "$(id -u)" = 0 ] && unshare --mount --propagation private true 2>/dev/null; then

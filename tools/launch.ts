@@ -7,8 +7,14 @@ import { ConfigError, parseInvocation } from "../lib/config/flags.ts";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { driverRunArgs, permissionFlags } from "../lib/config/permissions.ts";
+import { wrongDeno } from "./deno_version.ts";
 
 const entry = fileURLToPath(new URL("../main.ts", import.meta.url));
+const refusal = wrongDeno(Deno.version.deno);
+if (refusal !== undefined) {
+  Deno.stderr.writeSync(new TextEncoder().encode(`${refusal}\n`));
+  Deno.exit(2);
+}
 let invocation;
 try {
   invocation = parseInvocation(Deno.args, {

@@ -11,11 +11,15 @@ export const LOG_FORMATS = ["json", "text"] as const;
 /** A log format. */
 export type LogFormat = typeof LOG_FORMATS[number];
 
-/** Default `-workload-api-socket-names`: the names SPIRE agents use for the Workload API socket. */
+/**
+ * Default `-workload-api-socket-names`: the names SPIRE agents use for the Workload API socket,
+ * and `socket`, the name Istio's SPIRE integration gives it (in /run/secrets/workload-spiffe-uds).
+ */
 export const DEFAULT_SOCKET_NAMES: readonly string[] = Object.freeze([
   "api.sock",
   "spire-agent.sock",
   "agent.sock",
+  "socket",
 ]);
 
 /** The driver's version, reported by `--version` and GetPluginInfo. */
@@ -240,7 +244,8 @@ export function parseInvocation(args: string[], options: ParseOptions = {}): Inv
     throw new ConfigError(`-node-id-env must be an environment variable name: "${nodeIdEnv}"`);
   }
   const nodeId = str("node-id") || options.getEnv?.(nodeIdEnv) || "";
-  if (nodeId === "") {
+  // diagnose checks the node, not the driver's identity: it needs no node id.
+  if (nodeId === "" && subcommand !== "diagnose") {
     throw new ConfigError(
       `node ID is required: set -node-id or the ${nodeIdEnv} environment variable`,
     );

@@ -40,7 +40,7 @@ Deno.test("parseInvocation() uses upstream's defaults", () => {
     logLevel: "info",
     logFormat: "json",
     pruneStackedMounts: false,
-    socketNames: ["api.sock", "spire-agent.sock", "agent.sock"],
+    socketNames: ["api.sock", "spire-agent.sock", "agent.sock", "socket"],
   });
 });
 

@@ -151,6 +151,38 @@ Deno.test("runChecks() passes every check on a healthy node and diagnose() retur
   }
 });
 
+Deno.test("Istio's layout: a Workload API socket named `socket` passes with the default names", async () => {
+  const node = await healthyNode();
+  try {
+    node.listeners[0]?.close();
+    await Deno.remove(`${node.tree.socketDir}/api.sock`).catch(() => {});
+    const istio = Deno.listen({ transport: "unix", path: `${node.tree.socketDir}/socket` });
+    try {
+      const results = await check(node);
+      assert.deepEqual(
+        results.filter((r) => r.status !== "pass"),
+        [],
+        formatChecklist(results).join("\n"),
+      );
+    } finally {
+      istio.close();
+    }
+  } finally {
+    await node.close();
+  }
+});
+
+Deno.test("diagnose needs no node id: it checks the node, not the driver's identity", () => {
+  const invocation = parseInvocation(["diagnose", "-workload-api-socket-dir=/s"], {
+    getEnv: () => undefined,
+  });
+  assert.equal(invocation.command, "diagnose");
+  assert.throws(
+    () => parseInvocation(["-workload-api-socket-dir=/s"], { getEnv: () => undefined }),
+    /node ID is required/,
+  );
+});
+
 Deno.test("runChecks() fails a missing Workload API dir and skips what depends on it", async () => {
   const node = await healthyNode();
   try {
