@@ -4,7 +4,8 @@
  * namespace, driven by one grpc-js client in this process with kubelet-shaped requests.
  *
  *   deno task bench                    full run (tens of minutes), prints the tables
- *   deno task bench --write            the same, and writes bench/RESULTS.md
+ *   deno task bench --write            the same, and writes bench/run.md (RESULTS.md is written
+ *                                      by hand from such runs, and never overwritten)
  *   deno task bench --compare BIN      adds the driver binary BIN, started with upstream's flags
  *   deno task bench --quick            a few seconds, for CI (keeps the harness from rotting)
  *   --rounds N, --phases figures,scaling, --sizes '{"cycles":500}'   narrow a run
@@ -431,7 +432,7 @@ if (import.meta.main) {
   console.log(report);
   if (values.write) {
     await Deno.writeTextFile(
-      new URL("./RESULTS.md", import.meta.url),
+      new URL("./run.md", import.meta.url),
       await resultsPage(report, sizes, rounds, Deno.args),
     );
   }

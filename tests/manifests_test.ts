@@ -20,6 +20,12 @@ import {
 } from "../lib/config/permissions.ts";
 import { ROOT } from "./_driver.ts";
 
+/** kubectl: the one built for the kubelet rig (tools/build_kube.sh), else the one on PATH. */
+const KUBECTL = await Deno.stat(join(ROOT, ".tools", "bin", "kubectl")).then(
+  () => join(ROOT, ".tools", "bin", "kubectl"),
+  () => "kubectl",
+);
+
 const MANIFESTS = join(ROOT, "manifests");
 
 // deno-lint-ignore no-explicit-any
@@ -130,11 +136,23 @@ function within(path: string, root: string): boolean {
   return path === root || path.startsWith(`${root.replace(/\/+$/, "")}/`);
 }
 
+/** A container's args with `$(NAME)` replaced by its env's literal values, as kubelet does. */
+function expandedArgs(c: Doc): string[] {
+  const values = new Map<string, string>(
+    ((c.env ?? []) as Doc[]).filter((e) => typeof e.value === "string").map((
+      e,
+    ) => [e.name, e.value]),
+  );
+  return (c.args as string[]).map((arg) =>
+    arg.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (whole, name) => values.get(name) ?? whole)
+  );
+}
+
 /** The driver's Config from the DaemonSet's own args and env, through the driver's flag parser. */
 function driverConfig(podSpec: Doc): Config {
   const driver = container(podSpec, "spiffe-csi-driver");
   const env = new Map<string, Doc>((driver.env as Doc[]).map((e) => [e.name, e]));
-  const invocation = parseInvocation(driver.args, {
+  const invocation = parseInvocation(expandedArgs(driver), {
     getEnv: (name) =>
       env.get(name)?.valueFrom?.fieldRef?.fieldPath === "spec.nodeName" ? "node-1" : undefined,
   });
@@ -212,7 +230,7 @@ Deno.test({
 
 /** The documents `kubectl kustomize dir` builds. */
 async function kustomize(dir: string): Promise<Doc[]> {
-  const output = await new Deno.Command("kubectl", {
+  const output = await new Deno.Command(KUBECTL, {
     args: ["kustomize", dir],
     stdout: "piped",
     stderr: "piped",
@@ -223,7 +241,7 @@ async function kustomize(dir: string): Promise<Doc[]> {
 
 async function hasKubectl(): Promise<boolean> {
   try {
-    const output = await new Deno.Command("kubectl", {
+    const output = await new Deno.Command(KUBECTL, {
       args: ["version", "--client"],
       stdout: "null",
       stderr: "null",
@@ -644,6 +662,79 @@ Deno.test({
       }
     } finally {
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/** Renders `resources` plus `components` (paths under manifests/) with kubectl kustomize. */
+async function kustomizeWith(resources: string, components: string[]): Promise<Doc[]> {
+  const tmp = await Deno.makeTempDir({ prefix: "spiffe-csi-kustomize-" });
+  try {
+    // kustomize refuses absolute paths outside the root: link the manifests in.
+    await Deno.symlink(MANIFESTS, join(tmp, "manifests"));
+    const list = components.map((c) => `manifests/${c}`).join(", ");
+    await Deno.writeTextFile(
+      join(tmp, "kustomization.yaml"),
+      `resources: [manifests/${resources}]\ncomponents: [${list}]\n`,
+    );
+    return await kustomize(tmp);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+}
+
+Deno.test({
+  name:
+    "manifests: every overlay with every component names one kubelet root in every path, registration's included",
+  ignore: !(await hasKubectl()),
+  async fn() {
+    const overlays: [string, string][] = [
+      ["base", "/var/lib/kubelet"],
+      ["microk8s", "/var/snap/microk8s/common/var/lib/kubelet"],
+    ];
+    const componentSets = [
+      [],
+      ["builtin-registration"],
+      ["components/node_critical"],
+      ["builtin-registration", "components/node_critical"],
+    ];
+    for (const [overlay, root] of overlays) {
+      for (const components of componentSets) {
+        const where = [overlay, ...components].join(" + ");
+        const docs = await kustomizeWith(overlay, components);
+        const ds = docs.find((d) =>
+          d.kind === "DaemonSet" && d.metadata.name === "spiffe-csi-driver"
+        );
+        assert.ok(ds, where);
+        const pod = ds.spec.template.spec;
+        const config = driverConfig(pod);
+        const driver = container(pod, "spiffe-csi-driver");
+        assert.equal(config.kubeletDir, root, `${where}: -kubelet-dir`);
+        assert.equal(hostPathOf(pod, driver, `${root}/pods`).host, `${root}/pods`, where);
+        const csiHost = hostPathOf(pod, driver, config.csiSocketPath).host;
+        assert.equal(csiHost, `${root}/plugins/${config.pluginName}/csi.sock`, where);
+        const registrar = (pod.containers as Doc[]).find((c) => c.name === "node-driver-registrar");
+        const builtin = components.includes("builtin-registration");
+        assert.equal(registrar === undefined, builtin, `${where}: exactly one registers`);
+        // Whoever registers hands kubelet the CSI socket's host path and serves in its plugins_registry.
+        const [registers, endpoint] = registrar
+          ? [registrar, flag(registrar.args, "kubelet-registration-path")]
+          : [driver, config.kubeletRegistrationPath];
+        assert.equal(endpoint, csiHost, `${where}: the registration endpoint`);
+        assert.equal(
+          hostPathOf(pod, registers, "/registration").host,
+          `${root}/plugins_registry`,
+          `${where}: the registration dir`,
+        );
+        if (root !== "/var/lib/kubelet") {
+          const rendered = JSON.stringify(pod).replaceAll(root, "");
+          assert.doesNotMatch(
+            rendered,
+            /\/var\/lib\/kubelet/,
+            `${where}: the default root is left`,
+          );
+        }
+      }
     }
   },
 });
