@@ -141,13 +141,11 @@ async function main(args: string[]): Promise<number> {
     },
   );
 
-  let refuse: (error: string) => void = () => {};
-  const stop = new Promise<{ signal: string } | { refused: string }>((resolve) => {
-    for (const name of ["SIGTERM", "SIGINT"] as const) {
-      Deno.addSignalListener(name, () => resolve({ signal: name }));
-    }
-    refuse = (error) => resolve({ refused: error });
-  });
+  const stop = Promise.withResolvers<{ signal: string } | { refused: string }>();
+  for (const name of ["SIGTERM", "SIGINT"] as const) {
+    Deno.addSignalListener(name, () => stop.resolve({ signal: name }));
+  }
+  const refuse = (error: string) => stop.resolve({ refused: error });
 
   // Built-in registration (instead of node-driver-registrar): served once CSI answers, so kubelet's
   // NodeGetInfo right after GetInfo succeeds.
@@ -186,7 +184,7 @@ async function main(args: string[]): Promise<number> {
     });
   }
 
-  const reason = await stop;
+  const reason = await stop.promise;
   if ("refused" in reason) {
     // As node-driver-registrar: a refused registration ends the process, so the pod restarts.
     log.error("kubelet refused the registration: {error}", { error: reason.refused });

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
-import { Code, CsiError } from "../errors.ts";
+import { Code } from "../errors.ts";
 import { createNodeService, validatePublish } from "./node.ts";
 import type { NodePublishVolumeRequest } from "./types.ts";
 import { FakeMounter } from "../../tests/_fake_mounter.ts";
 import { DirPin, type Pin } from "../mount/dir_pin.ts";
 import { makeTempTree } from "../../tests/_env.ts";
 import { publishRequest } from "../../tests/_requests.ts";
+import { assertCsiError } from "../../tests/_assert.ts";
 
 function request(
   mutate: (r: NodePublishVolumeRequest) => void = () => {},
@@ -82,14 +83,14 @@ const CASES: { desc: string; mutate: (r: NodePublishVolumeRequest) => void; mess
   },
 ];
 
-Deno.test("validatePublish() rejects each bad request with upstream's message, in upstream's order", () => {
+Deno.test("validatePublish() rejects each bad request with upstream's message, in upstream's order", async () => {
   for (const { desc, mutate, message } of CASES) {
-    assert.throws(() => validatePublish(request(mutate)), (error: unknown) => {
-      assert.ok(error instanceof CsiError, desc);
-      assert.equal(error.code, Code.INVALID_ARGUMENT, desc);
-      assert.equal(error.message, message, desc);
-      return true;
-    });
+    await assertCsiError(
+      () => validatePublish(request(mutate)),
+      Code.INVALID_ARGUMENT,
+      message,
+      desc,
+    );
   }
   // Several problems at once: the first in upstream's order wins.
   assert.throws(
@@ -260,12 +261,7 @@ for (const row of DECISIONS) {
         ? node.NodePublishVolume(request((r) => (r.target_path = target)))
         : node.NodeUnpublishVolume({ volume_id: "v", target_path: target });
       if (row.error) {
-        await assert.rejects(call, (error: unknown) => {
-          assert.ok(error instanceof CsiError);
-          assert.equal(error.code, Code.INTERNAL);
-          assert.match(error.message, row.error as RegExp);
-          return true;
-        });
+        await assertCsiError(call, Code.INTERNAL, row.error);
       } else {
         assert.deepEqual(await call, {});
       }
@@ -320,18 +316,11 @@ Deno.test("NodePublishVolume confines targets to the kubelet pods dir and mounts
       }],
     ];
     for (const [target, message, context] of bad) {
-      await assert.rejects(
-        node.NodePublishVolume(request((r) => {
-          r.target_path = target;
-          Object.assign(r.volume_context!, context ?? {});
-        })),
-        (error: unknown) => {
-          assert.ok(error instanceof CsiError);
-          assert.equal(error.code, Code.INVALID_ARGUMENT, target);
-          assert.match(error.message, message);
-          return true;
-        },
-      );
+      const call = node.NodePublishVolume(request((r) => {
+        r.target_path = target;
+        Object.assign(r.volume_context!, context ?? {});
+      }));
+      await assertCsiError(call, Code.INVALID_ARGUMENT, message, target);
     }
     assert.deepEqual(mounter.calls, []);
   } finally {
@@ -365,17 +354,10 @@ Deno.test("NodePublishVolume creates the target 0750 and removes it again when t
   try {
     const target = await tree.target("uid-1");
     mounter.failBind = "mount: permission denied";
-    await assert.rejects(
+    await assertCsiError(
       node.NodePublishVolume(request((r) => (r.target_path = target))),
-      (error) => {
-        assert.ok(error instanceof CsiError);
-        assert.equal(error.code, Code.INTERNAL);
-        assert.equal(
-          error.message,
-          `unable to mount ${JSON.stringify(target)}: mount: permission denied`,
-        );
-        return true;
-      },
+      Code.INTERNAL,
+      `unable to mount ${JSON.stringify(target)}: mount: permission denied`,
     );
     assert.deepEqual(mounter.calls, [{ action: "bind", source: TEMPLATE, target }]);
     await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
@@ -388,14 +370,10 @@ Deno.test("NodePublishVolume fails with Internal when the target's parent is mis
   const { tree, mounter, node } = await service();
   try {
     const target = `${tree.kubeletDir}/pods/uid-9/volumes/kubernetes.io~csi/v/mount`;
-    await assert.rejects(
+    await assertCsiError(
       node.NodePublishVolume(request((r) => (r.target_path = target))),
-      (error) => {
-        assert.ok(error instanceof CsiError);
-        assert.equal(error.code, Code.INTERNAL);
-        assert.match(error.message, /^unable to create target path /);
-        return true;
-      },
+      Code.INTERNAL,
+      /^unable to create target path /,
     );
     assert.deepEqual(mounter.calls, []);
   } finally {
@@ -457,21 +435,13 @@ Deno.test("NodeGetVolumeStats: InvalidArgument, NotFound, then an abnormal condi
       /missing required volume path/,
     );
     const target = await tree.target("uid-1");
-    await assert.rejects(
+    await assertCsiError(
       node.NodeGetVolumeStats({ volume_id: "v", volume_path: target }),
-      (error) => {
-        assert.ok(error instanceof CsiError);
-        assert.equal(error.code, Code.NOT_FOUND);
-        return true;
-      },
+      Code.NOT_FOUND,
     );
-    await assert.rejects(
+    await assertCsiError(
       node.NodeGetVolumeStats({ volume_id: "v", volume_path: "some/path" }),
-      (error) => {
-        assert.ok(error instanceof CsiError);
-        assert.equal(error.code, Code.NOT_FOUND);
-        return true;
-      },
+      Code.NOT_FOUND,
     );
     await Deno.mkdir(target);
     const stats = await node.NodeGetVolumeStats({ volume_id: "v", volume_path: target });
@@ -495,11 +465,7 @@ Deno.test("NodeGetInfo, NodeGetCapabilities and the unsupported RPCs", async () 
       ["GET_VOLUME_STATS", "VOLUME_CONDITION"],
     );
     for (const rpc of ["NodeStageVolume", "NodeUnstageVolume", "NodeExpandVolume"] as const) {
-      await assert.rejects(node[rpc]({}), (error) => {
-        assert.ok(error instanceof CsiError);
-        assert.equal(error.code, Code.UNIMPLEMENTED);
-        return true;
-      });
+      await assertCsiError(node[rpc]({}), Code.UNIMPLEMENTED);
     }
   } finally {
     await tree.remove();
