@@ -10,7 +10,13 @@ import type {
   NodeUnpublishVolumeRequest,
 } from "./types.ts";
 import type { Mounter } from "../mount/mounter.ts";
-import { assertNoSymlinks, parseTargetPath, quote, type TargetPath } from "../mount/target_path.ts";
+import {
+  assertNoSymlinks,
+  parseTargetPath,
+  quote,
+  type TargetPath,
+  TargetPathError,
+} from "../mount/target_path.ts";
 import { ForeignMountError, pinnedIs, PinnedTarget } from "../mount/pinned_target.ts";
 import type { Template } from "../mount/template.ts";
 import { type DirPin, type Pin, PinMovedError } from "../mount/dir_pin.ts";
@@ -103,6 +109,12 @@ function within<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
   return Promise.race([promise, late.promise]).finally(() => clearTimeout(timer));
 }
 
+/** A refusal of the mount layer: the target itself is the problem, not the system. */
+function isRefusal(error: unknown): boolean {
+  return error instanceof TargetPathError || error instanceof PinMovedError ||
+    error instanceof ForeignMountError;
+}
+
 function isNotFound(error: unknown): boolean {
   return error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotADirectory;
 }
@@ -123,9 +135,11 @@ export function createNodeService(options: NodeOptions): NodeService {
   const unsupported = (name: string) => () =>
     Promise.reject(new CsiError(Code.UNIMPLEMENTED, `${name} is not supported by this driver`));
 
-  // A pin that moved (a symlink, or a rename while in use) is the client's path at fault; a
-  // mount that is not ours is left alone and said so.
+  // The one place the mount layer's refusals become CSI errors: a path of the wrong shape or
+  // through a symlink, and a pin that moved (a rename while in use), are the client's path at
+  // fault; a mount that is not ours is left alone and said so. Anything else is as it was.
   function toCsiError(error: unknown, path: string): unknown {
+    if (error instanceof TargetPathError) return invalidArgument(error.message);
     if (error instanceof ForeignMountError) {
       return new CsiError(
         Code.FAILED_PRECONDITION,
@@ -163,8 +177,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       return {};
     } catch (error) {
       for (const step of undo.reverse()) await step();
-      if (error instanceof CsiError || error instanceof PinMovedError) throw error;
-      if (error instanceof ForeignMountError || isNotFound(error)) throw error;
+      if (error instanceof CsiError || isRefusal(error) || isNotFound(error)) throw error;
       throw new CsiError(
         Code.INTERNAL,
         `unable to mount ${quote(target.path)}: ${errorMessage(error)}`,
@@ -302,7 +315,7 @@ export function createNodeService(options: NodeOptions): NodeService {
           `unable to create target path ${quote(path)}: ${errorMessage(error)}`,
         );
       }
-      throw toCsiError(error, path);
+      throw error;
     }
   }
 
@@ -327,10 +340,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       }
       return {};
     } catch (error) {
-      if (error instanceof CsiError) throw error;
-      if (error instanceof PinMovedError || error instanceof ForeignMountError) {
-        throw toCsiError(error, path);
-      }
+      if (error instanceof CsiError || isRefusal(error)) throw error;
       // The parent is gone too (node reboot, kubelet cleaned up): nothing is mounted there.
       if (await missing(error, parsed)) return {};
       throw new CsiError(
@@ -353,7 +363,6 @@ export function createNodeService(options: NodeOptions): NodeService {
         return { isBind: isSocketDirBind(pin) };
       });
     } catch (error) {
-      if (error instanceof PinMovedError) throw toCsiError(error, target.path);
       if (!(await missing(error, parsed))) throw error;
       found = null;
     }
@@ -383,20 +392,30 @@ export function createNodeService(options: NodeOptions): NodeService {
     };
   }
 
+  // Runs a handler's work on `path`, turning the mount layer's refusals into CSI errors.
+  async function onTarget<T>(path: string, work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
+    } catch (error) {
+      throw toCsiError(error, path);
+    }
+  }
+
   return {
     async NodePublishVolume(request) {
       validatePublish(request);
       const path = request.target_path as string;
-      const target = parseTargetPath(path, kubeletDir, request.volume_context?.[POD_UID_KEY]);
-      return await publish(target, path);
+      return await onTarget(path, () => {
+        const target = parseTargetPath(path, kubeletDir, request.volume_context?.[POD_UID_KEY]);
+        return publish(target, path);
+      });
     },
 
     async NodeUnpublishVolume(request) {
       if (!request.volume_id) throw invalidArgument("request missing required volume id");
       if (!request.target_path) throw invalidArgument("request missing required target path");
       const path = request.target_path;
-      const target = parseTargetPath(path, kubeletDir);
-      return await unpublish(target, path);
+      return await onTarget(path, () => unpublish(parseTargetPath(path, kubeletDir), path));
     },
 
     async NodeGetVolumeStats(request) {
@@ -412,7 +431,7 @@ export function createNodeService(options: NodeOptions): NodeService {
           `volume path ${quote(path)} is not a volume of this driver`,
         );
       }
-      return await volumeStats(target, new PinnedTarget(path));
+      return await onTarget(path, () => volumeStats(target, new PinnedTarget(path)));
     },
 
     NodeGetInfo() {

@@ -6,8 +6,7 @@
  */
 import { rmdirSync } from "node:fs";
 import { type Pin, sameFile } from "./dir_pin.ts";
-import { invalidArgument } from "../errors.ts";
-import { quote } from "./target_path.ts";
+import { quote, TargetPathError } from "./target_path.ts";
 
 /** What mount and umount are pointed at: the pinned directory, named for messages by its path. */
 export interface MountTarget {
@@ -39,16 +38,16 @@ export class PinnedTarget {
   }
 
   /**
-   * Pins the parent and reports whether the target exists; throws InvalidArgument when it is a
+   * Pins the parent and reports whether the target exists; throws TargetPathError when it is a
    * symlink or not a directory, and NotFound when the parent is missing.
    */
   exists(pin: Pin): boolean {
     pin.at(this.parent);
     const info = lstatOrNull(pin.path(this.name));
     if (info === null) return false;
-    if (info.isSymlink) throw invalidArgument(`target path ${quote(this.path)} is a symlink`);
+    if (info.isSymlink) throw new TargetPathError(`target path ${quote(this.path)} is a symlink`);
     if (!info.isDirectory) {
-      throw invalidArgument(`target path ${quote(this.path)} is not a directory`);
+      throw new TargetPathError(`target path ${quote(this.path)} is not a directory`);
     }
     return true;
   }
@@ -125,7 +124,7 @@ export class PinnedTarget {
           const what = lstatOrNull(pin.path(this.name))?.isSymlink
             ? "a symlink"
             : "not a directory";
-          throw invalidArgument(`target path ${quote(this.path)} is ${what}`);
+          throw new TargetPathError(`target path ${quote(this.path)} is ${what}`);
         }
       }
       throw error;

@@ -3,7 +3,14 @@
  * an inline CSI volume, `<kubelet-dir>/pods/<pod-uid>/volumes/kubernetes.io~csi/<volume>/mount`,
  * with no symlink in any component below the kubelet dir.
  */
-import { invalidArgument } from "../errors.ts";
+/** A target path that is not the shape kubelet gives inline volumes, or leads through a symlink. */
+export class TargetPathError extends Error {
+  override name = "TargetPathError";
+}
+
+function refuse(message: string): TargetPathError {
+  return new TargetPathError(message);
+}
 
 /** The parts of a confined target path. */
 export interface TargetPath {
@@ -23,25 +30,25 @@ export function quote(text: string, max = 200): string {
   return JSON.stringify(cut);
 }
 
-/** Checks the shape of `target` (pure); throws InvalidArgument when it is not a kubelet inline-volume target. */
+/** Checks the shape of `target` (pure); throws TargetPathError when it is not a kubelet inline-volume target. */
 export function parseTargetPath(target: string, kubeletDir: string, podUid?: string): TargetPath {
   // deno-lint-ignore no-control-regex
   if (/[\x00-\x1f\x7f]/.test(target)) {
-    throw invalidArgument("target path must not contain control characters");
+    throw refuse("target path must not contain control characters");
   }
   const root = kubeletDir.replace(/\/+$/, "");
   const prefix = `${root}/pods/`;
   if (!target.startsWith(prefix)) {
-    throw invalidArgument(`target path ${quote(target)} is not under ${quote(prefix)}`);
+    throw refuse(`target path ${quote(target)} is not under ${quote(prefix)}`);
   }
   const rest = target.slice(prefix.length).split("/");
   if (rest.some((part) => part === "" || part === "." || part === "..")) {
-    throw invalidArgument(`target path ${quote(target)} is not a normalized path`);
+    throw refuse(`target path ${quote(target)} is not a normalized path`);
   }
   // Longer paths fail in lstat with ENAMETOOLONG: reject them here, as the client's error.
   const bytes = (text: string) => new TextEncoder().encode(text).length;
   if (bytes(target) > MAX_PATH_BYTES || rest.some((part) => bytes(part) > MAX_NAME_BYTES)) {
-    throw invalidArgument(
+    throw refuse(
       `target path ${
         quote(target)
       } is too long (at most ${MAX_PATH_BYTES} bytes, ${MAX_NAME_BYTES} per name)`,
@@ -52,14 +59,14 @@ export function parseTargetPath(target: string, kubeletDir: string, podUid?: str
     rest.length !== 5 || volumes !== "volumes" || plugin !== "kubernetes.io~csi" ||
     leaf !== "mount" || uid === undefined || volumeName === undefined
   ) {
-    throw invalidArgument(
+    throw refuse(
       `target path ${
         quote(target)
       } is not ${prefix}<pod-uid>/volumes/kubernetes.io~csi/<volume-name>/mount`,
     );
   }
   if (podUid !== undefined && podUid !== uid) {
-    throw invalidArgument(
+    throw refuse(
       `target path pod uid ${quote(uid)} does not match csi.storage.k8s.io/pod.uid ${
         quote(podUid)
       }`,
@@ -75,7 +82,7 @@ export function parseTargetPath(target: string, kubeletDir: string, podUid?: str
   return { podUid: uid, volumeName, components };
 }
 
-/** Fails with InvalidArgument if any existing component is a symlink or not a directory (lstat each, never follow). */
+/** Throws TargetPathError if any existing component is a symlink or not a directory (lstat each, never follow). */
 export async function assertNoSymlinks(target: TargetPath): Promise<void> {
   for (const component of target.components) {
     let info: Deno.FileInfo;
@@ -86,10 +93,10 @@ export async function assertNoSymlinks(target: TargetPath): Promise<void> {
       throw error;
     }
     if (info.isSymlink) {
-      throw invalidArgument(`target path component ${quote(component)} is a symlink`);
+      throw refuse(`target path component ${quote(component)} is a symlink`);
     }
     if (!info.isDirectory) {
-      throw invalidArgument(`target path component ${quote(component)} is not a directory`);
+      throw refuse(`target path component ${quote(component)} is not a directory`);
     }
   }
 }
