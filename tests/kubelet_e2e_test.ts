@@ -754,9 +754,12 @@ async function mountsOf(
 }
 
 /**
- * Asserts the bind at `target` carries ro,nosuid,nodev,noexec in the driver's container, on the
- * host (this process's namespace, where kubelet runs) and, as `/spiffe-workload-api`, in the
- * workload's container: the flags must arrive with the bind, since a remount does not propagate.
+ * Asserts the bind at `target` carries ro,nosuid,nodev,noexec in the driver's container and on
+ * the host (this process's namespace, where kubelet runs): the flags must arrive with the bind,
+ * since a remount does not propagate. The workload's container gets a bind of the host's target
+ * made by the container runtime, which then remounts it with the flags it was asked for: runc
+ * 1.1.5 asked for `ro` leaves `ro,relatime` (measured here), so there only `ro` is the driver's to
+ * check, and what the runtime sets is printed.
  */
 async function assertHardenedEverywhere(
   driverPod: Obj,
@@ -773,7 +776,8 @@ async function assertHardenedEverywhere(
     assert.equal(mounts.length, 1, `one mount at ${path} in ${where}`);
     const flags = mounts[0]?.options ?? [];
     console.log(`${where}: ${path} ${flags.join(",")}`);
-    for (const flag of ["ro", "nosuid", "nodev", "noexec"]) {
+    const expected = path === target ? ["ro", "nosuid", "nodev", "noexec"] : ["ro"];
+    for (const flag of expected) {
       assert.ok(flags.includes(flag), `${flag} in ${where}: ${flags.join(",")}`);
     }
   }
