@@ -21,7 +21,7 @@ import { replaceLeftoverBinds } from "./lib/mount/leftovers.ts";
 import { SocketDirTemplate } from "./lib/mount/template.ts";
 import { errorMessage } from "./lib/errors.ts";
 import { DirPin } from "./lib/mount/dir_pin.ts";
-import { ungrantedPaths } from "./lib/config/permissions.ts";
+import { mountedKubeletDir, ungrantedPaths } from "./lib/config/permissions.ts";
 
 const SHUTDOWN_GRACE_MS = 10_000;
 /** How long a server already on the CSI socket has to accept a connection. */
@@ -41,6 +41,8 @@ async function main(args: string[]): Promise<number> {
     return 0;
   }
   const { config } = invocation;
+  const configuredKubeletDir = config.kubeletDir;
+  config.kubeletDir = await mountedKubeletDir(config.kubeletDir);
   // A path outside the permission set would fail later with a misleading error: refuse it now,
   // before anything is created.
   const ungranted = await ungrantedPaths(config);
@@ -55,6 +57,12 @@ async function main(args: string[]): Promise<number> {
 
   const log = await setupLogging({ level: config.logLevel, format: config.logFormat });
   routeGrpcLogs(log);
+  if (config.kubeletDir !== configuredKubeletDir) {
+    log.info("{configured}/pods is not mounted here: serving the kubelet root {kubelet_dir}", {
+      configured: configuredKubeletDir,
+      kubelet_dir: config.kubeletDir,
+    });
+  }
   log.info("Starting spiffe-csi-driver {version}", {
     version: VERSION,
     node_id: config.nodeId,

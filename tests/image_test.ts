@@ -28,8 +28,13 @@ function configOf(args: string[], nodeId: string): Config {
   return (invocation as { config: Config }).config;
 }
 
-/** A root file system for chroot: the host's /usr, /etc, /dev, /proc, Deno's cache and the project. */
-async function makeContainerRoot(): Promise<{ root: string; remove(): Promise<void> }> {
+/**
+ * A root file system for chroot: the host's /usr, /etc, /dev, /proc, Deno's cache and the
+ * project, with kubelet's pods dir at `<kubeletRoot>/pods`, as the chart's `kubeletPath` puts it.
+ */
+async function makeContainerRoot(
+  kubeletRoot = "/var/lib/kubelet",
+): Promise<{ root: string; remove(): Promise<void> }> {
   const root = await Deno.makeTempDir({ prefix: "spiffe-csi-image-" });
   const denoDir = Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME") ?? "/root"}/.cache/deno`;
   const binds = ["/usr", "/etc", "/dev", "/proc", denoDir, ROOT.replace(/\/$/, "")];
@@ -41,7 +46,7 @@ async function makeContainerRoot(): Promise<{ root: string; remove(): Promise<vo
     await Deno.mkdir(`${root}${source}`, { recursive: true });
     await runOk("/usr/bin/mount", ["--rbind", source, `${root}${source}`]);
   }
-  for (const dir of ["/spire-agent-socket", "/spiffe-csi", "/var/lib/kubelet/pods", "/tmp"]) {
+  for (const dir of ["/spire-agent-socket", "/spiffe-csi", `${kubeletRoot}/pods`, "/tmp"]) {
     await Deno.mkdir(`${root}${dir}`, { recursive: true });
   }
   // The image ships the driver's -cwd-link and its template's directory (tools/rootfs.sh).
@@ -63,73 +68,79 @@ async function makeContainerRoot(): Promise<{ root: string; remove(): Promise<vo
   };
 }
 
-Deno.test({
-  name: "the image's permission set serves the hardened chart's exact args: publish and unpublish",
-  ignore: !REAL_MOUNTS,
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const container = await makeContainerRoot();
-    const { root } = container;
-    let driver: DriverProcess | undefined;
-    let client: CsiClient | undefined;
-    try {
-      driver = await spawnDriver({
-        config: configOf(HARDENED_CHART_ARGS, "node-1"),
-        command: "/usr/sbin/chroot",
-        args: [root, Deno.execPath(), ...imageRunArgs(HARDENED_CHART_ARGS)],
-        env: { MY_NODE_NAME: "node-1" },
-        probeSocket: `${root}/spiffe-csi/csi.sock`,
-        waitReady: true,
-      });
-      client = new CsiClient(`${root}/spiffe-csi/csi.sock`);
-      const info = await client.ok<{ node_id: string }>("NodeGetInfo");
-      assert.equal(info.node_id, "node-1", "the node id comes from MY_NODE_NAME");
-      const listener = Deno.listen({
-        transport: "unix",
-        path: `${root}/spire-agent-socket/api.sock`,
-      });
+for (
+  const kubeletRoot of ["/var/lib/kubelet", "/var/snap/microk8s/common/var/lib/kubelet"]
+) {
+  Deno.test({
+    name:
+      `the image's permission set serves the hardened chart's exact args: publish and unpublish under ${kubeletRoot}/pods`,
+    ignore: !REAL_MOUNTS,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    async fn() {
+      // The chart passes no -kubelet-dir: its kubeletPath only moves the pods dir's mount.
+      const container = await makeContainerRoot(kubeletRoot);
+      const { root } = container;
+      let driver: DriverProcess | undefined;
+      let client: CsiClient | undefined;
       try {
-        const uid = "0b5e0e9c-6a43-4f0b-9b3c-2f6f1b8a7d10";
-        const parent = `/var/lib/kubelet/pods/${uid}/volumes/kubernetes.io~csi/spiffe`;
-        await Deno.mkdir(`${root}${parent}`, { recursive: true, mode: 0o750 });
-        const target = `${parent}/mount`;
-        await client.ok(
-          "NodePublishVolume",
-          publishRequest(target, {
-            volume_context: {
-              "csi.storage.k8s.io/ephemeral": "true",
-              "csi.storage.k8s.io/pod.uid": uid,
-            },
-          }),
-        );
-        const accepted = listener.accept();
-        accepted.catch(() => {}); // rejected only when the connect below failed
-        // The full path is longer than a socket address may be: connect through a short link.
-        await Deno.symlink(`${root}${target}`, `${root}/t`);
-        const conn = await Deno.connect({ transport: "unix", path: `${root}/t/api.sock` });
-        (await accepted).close();
-        conn.close();
-        await client.ok("NodeUnpublishVolume", {
-          volume_id: "csi-0123456789abcdef",
-          target_path: target,
+        driver = await spawnDriver({
+          config: configOf(HARDENED_CHART_ARGS, "node-1"),
+          command: "/usr/sbin/chroot",
+          args: [root, Deno.execPath(), ...imageRunArgs(HARDENED_CHART_ARGS)],
+          env: { MY_NODE_NAME: "node-1" },
+          probeSocket: `${root}/spiffe-csi/csi.sock`,
+          waitReady: true,
         });
-        await assert.rejects(Deno.stat(`${root}${target}`), Deno.errors.NotFound);
-        const left = (await mountTable()).filter((e) => e.target.startsWith(`${root}/var/`));
-        assert.deepEqual(left, []);
+        client = new CsiClient(`${root}/spiffe-csi/csi.sock`);
+        const info = await client.ok<{ node_id: string }>("NodeGetInfo");
+        assert.equal(info.node_id, "node-1", "the node id comes from MY_NODE_NAME");
+        const listener = Deno.listen({
+          transport: "unix",
+          path: `${root}/spire-agent-socket/api.sock`,
+        });
+        try {
+          const uid = "0b5e0e9c-6a43-4f0b-9b3c-2f6f1b8a7d10";
+          const parent = `${kubeletRoot}/pods/${uid}/volumes/kubernetes.io~csi/spiffe`;
+          await Deno.mkdir(`${root}${parent}`, { recursive: true, mode: 0o750 });
+          const target = `${parent}/mount`;
+          await client.ok(
+            "NodePublishVolume",
+            publishRequest(target, {
+              volume_context: {
+                "csi.storage.k8s.io/ephemeral": "true",
+                "csi.storage.k8s.io/pod.uid": uid,
+              },
+            }),
+          );
+          const accepted = listener.accept();
+          accepted.catch(() => {}); // rejected only when the connect below failed
+          // The full path is longer than a socket address may be: connect through a short link.
+          await Deno.symlink(`${root}${target}`, `${root}/t`);
+          const conn = await Deno.connect({ transport: "unix", path: `${root}/t/api.sock` });
+          (await accepted).close();
+          conn.close();
+          await client.ok("NodeUnpublishVolume", {
+            volume_id: "csi-0123456789abcdef",
+            target_path: target,
+          });
+          await assert.rejects(Deno.stat(`${root}${target}`), Deno.errors.NotFound);
+          const left = (await mountTable()).filter((e) => e.target.startsWith(`${root}/var/`));
+          assert.deepEqual(left, []);
+        } finally {
+          listener.close();
+        }
+      } catch (error) {
+        console.error(driver?.logs(), error);
+        throw error;
       } finally {
-        listener.close();
+        client?.close();
+        await driver?.stop("SIGKILL");
+        await container.remove();
       }
-    } catch (error) {
-      console.error(driver?.logs(), error);
-      throw error;
-    } finally {
-      client?.close();
-      await driver?.stop("SIGKILL");
-      await container.remove();
-    }
-  },
-});
+    },
+  });
+}
 
 Deno.test({
   name:

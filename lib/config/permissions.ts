@@ -171,6 +171,31 @@ export async function ungrantedPaths(
     );
 }
 
+/**
+ * The kubelet root to serve. The SPIFFE hardened chart mounts `<kubeletPath>/pods` at the same
+ * path and passes no -kubelet-dir, so on microk8s or k0s the default root is not in the
+ * container: then, and only then, the one well-known root of the image's set whose pods dir the
+ * container has is served instead. Targets stay confined to a root actually mounted here.
+ */
+export async function mountedKubeletDir(configured: string): Promise<string> {
+  if (configured !== CONTAINER_PATHS.kubeletDir || await isDir(`${configured}/pods`)) {
+    return configured;
+  }
+  const present: string[] = [];
+  for (const root of containerLayouts().kubeletDirs) {
+    if (await isDir(`${root}/pods`)) present.push(root);
+  }
+  return present.length === 1 ? present[0] as string : configured;
+}
+
+async function isDir(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isDirectory;
+  } catch {
+    return false; // missing, or outside the running set
+  }
+}
+
 /** V8 flags that keep the driver's heap small (used by the start task, tests, bench and compile). */
 export const V8_FLAGS = "--max-old-space-size=32,--max-semi-space-size=1";
 
