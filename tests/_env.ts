@@ -170,6 +170,8 @@ export interface TempTree {
   target(uid: string, volume?: string): Promise<string>;
   /** Removes the tree (only after every mount in it is gone). */
   remove(): Promise<void>;
+  /** `await using tree = await makeTempTree()` removes it at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 /** Makes a fresh temp tree. */
@@ -188,6 +190,9 @@ export async function makeTempTree(prefix = "spiffe-csi-test-"): Promise<TempTre
       const parent = `${root}/kubelet/pods/${uid}/volumes/kubernetes.io~csi/${volume}`;
       await Deno.mkdir(parent, { recursive: true, mode: 0o750 });
       return `${parent}/mount`;
+    },
+    [Symbol.asyncDispose]() {
+      return this.remove();
     },
     async remove() {
       Deno.chdir(START_DIR);

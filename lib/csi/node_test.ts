@@ -123,7 +123,7 @@ async function service(seam = false, replaced?: boolean) {
   });
   // Let the node service read how the pass resolved, as it would long before kubelet calls.
   await Promise.resolve();
-  return { tree, mounter, node };
+  return { tree, mounter, node, [Symbol.asyncDispose]: () => tree[Symbol.asyncDispose]() };
 }
 
 /** What is at a target before a call: nothing, a plain directory, our bind, or not even the parent. */
@@ -242,232 +242,202 @@ const DECISIONS: DecisionRow[] = [
 
 for (const row of DECISIONS) {
   Deno.test(`node decision table: ${row.desc}`, async () => {
-    const { tree, mounter, node } = await service(true, row.replaced);
-    try {
-      const target = row.before === "no parent"
-        ? `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/mount`
-        : await tree.target("uid-1");
-      if (row.before !== "nothing" && row.before !== "no parent") {
-        await Deno.mkdir(target, { mode: 0o750 });
-      }
-      if (row.before === "non-empty dir") await Deno.writeTextFile(`${target}/file`, "");
-      if (row.before === "bind") mounter.bound.add(target);
-      // A leftover gets a mode the driver never gives: the replacement's 0750 shows it is new.
-      if (row.before === "plain dir") await Deno.chmod(target, 0o700);
-      if (row.bind === "fails") mounter.failBind = "mount: permission denied";
-      if (row.bind === "does not land") mounter.bindsLand = false;
-
-      const call = row.rpc === "publish"
-        ? node.NodePublishVolume(request((r) => (r.target_path = target)))
-        : node.NodeUnpublishVolume({ volume_id: "v", target_path: target });
-      if (row.error) {
-        await assertCsiError(call, Code.INTERNAL, row.error);
-      } else {
-        assert.deepEqual(await call, {});
-      }
-
-      assert.deepEqual(mounter.calls.map((c) => c.action), row.calls);
-      for (const c of mounter.calls) assert.equal(c.target, target, "every call is on the target");
-      const info = await Deno.lstat(target).catch(() => null);
-      const after = mounter.bound.has(target) ? "bind" : info?.isDirectory ? "dir" : "nothing";
-      assert.equal(after, row.after);
-      if (row.after === "bind") assert.ok(info?.isDirectory, "the bound directory exists");
-      if (row.after === "bind") {
-        assert.equal((info?.mode ?? 0) & 0o777, 0o750, "made by the driver");
-      }
-      if (row.before === "non-empty dir") await Deno.lstat(`${target}/file`);
-    } finally {
-      await tree.remove();
+    await using setup = await service(true, row.replaced);
+    const { tree, mounter, node } = setup;
+    const target = row.before === "no parent"
+      ? `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/mount`
+      : await tree.target("uid-1");
+    if (row.before !== "nothing" && row.before !== "no parent") {
+      await Deno.mkdir(target, { mode: 0o750 });
     }
+    if (row.before === "non-empty dir") await Deno.writeTextFile(`${target}/file`, "");
+    if (row.before === "bind") mounter.bound.add(target);
+    // A leftover gets a mode the driver never gives: the replacement's 0750 shows it is new.
+    if (row.before === "plain dir") await Deno.chmod(target, 0o700);
+    if (row.bind === "fails") mounter.failBind = "mount: permission denied";
+    if (row.bind === "does not land") mounter.bindsLand = false;
+
+    const call = row.rpc === "publish"
+      ? node.NodePublishVolume(request((r) => (r.target_path = target)))
+      : node.NodeUnpublishVolume({ volume_id: "v", target_path: target });
+    if (row.error) {
+      await assertCsiError(call, Code.INTERNAL, row.error);
+    } else {
+      assert.deepEqual(await call, {});
+    }
+
+    assert.deepEqual(mounter.calls.map((c) => c.action), row.calls);
+    for (const c of mounter.calls) assert.equal(c.target, target, "every call is on the target");
+    const info = await Deno.lstat(target).catch(() => null);
+    const after = mounter.bound.has(target) ? "bind" : info?.isDirectory ? "dir" : "nothing";
+    assert.equal(after, row.after);
+    if (row.after === "bind") assert.ok(info?.isDirectory, "the bound directory exists");
+    if (row.after === "bind") {
+      assert.equal((info?.mode ?? 0) & 0o777, 0o750, "made by the driver");
+    }
+    if (row.before === "non-empty dir") await Deno.lstat(`${target}/file`);
   });
 }
 
 Deno.test("NodePublishVolume binds from the template, never from the socket dir's own path", async () => {
-  const { tree, mounter, node } = await service(true);
-  try {
-    const target = await tree.target("uid-1");
-    await node.NodePublishVolume(request((r) => (r.target_path = target)));
-    assert.deepEqual(mounter.calls, [{ action: "bind", source: TEMPLATE, target }]);
-  } finally {
-    await tree.remove();
-  }
+  await using setup = await service(true);
+  const { tree, mounter, node } = setup;
+  const target = await tree.target("uid-1");
+  await node.NodePublishVolume(request((r) => (r.target_path = target)));
+  assert.deepEqual(mounter.calls, [{ action: "bind", source: TEMPLATE, target }]);
 });
 
 Deno.test("NodePublishVolume confines targets to the kubelet pods dir and mounts nothing otherwise", async () => {
-  const { tree, mounter, node } = await service();
-  try {
-    const good = await tree.target("uid-1");
-    const bad: [string, RegExp, Record<string, string>?][] = [
-      ["/etc/passwd", /is not under/],
-      [
-        `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/../../etc/mount`,
-        /not a normalized path/,
-      ],
-      [`${tree.kubeletDir}/pods/uid-1//volumes/kubernetes.io~csi/v/mount`, /not a normalized path/],
-      [`${good}/`, /not a normalized path/],
-      [
-        `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~empty-dir/v/mount`,
-        /is not .*kubernetes.io~csi/,
-      ],
-      [`${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/other`, /is not /],
-      [`${good}\nx`, /control characters/],
-      [good, /does not match csi.storage.k8s.io\/pod.uid "uid-2"/, {
-        "csi.storage.k8s.io/pod.uid": "uid-2",
-      }],
-    ];
-    for (const [target, message, context] of bad) {
-      const call = node.NodePublishVolume(request((r) => {
-        r.target_path = target;
-        Object.assign(r.volume_context!, context ?? {});
-      }));
-      await assertCsiError(call, Code.INVALID_ARGUMENT, message, target);
-    }
-    assert.deepEqual(mounter.calls, []);
-  } finally {
-    await tree.remove();
+  await using setup = await service();
+  const { tree, mounter, node } = setup;
+  const good = await tree.target("uid-1");
+  const bad: [string, RegExp, Record<string, string>?][] = [
+    ["/etc/passwd", /is not under/],
+    [
+      `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/../../etc/mount`,
+      /not a normalized path/,
+    ],
+    [`${tree.kubeletDir}/pods/uid-1//volumes/kubernetes.io~csi/v/mount`, /not a normalized path/],
+    [`${good}/`, /not a normalized path/],
+    [
+      `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~empty-dir/v/mount`,
+      /is not .*kubernetes.io~csi/,
+    ],
+    [`${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/other`, /is not /],
+    [`${good}\nx`, /control characters/],
+    [good, /does not match csi.storage.k8s.io\/pod.uid "uid-2"/, {
+      "csi.storage.k8s.io/pod.uid": "uid-2",
+    }],
+  ];
+  for (const [target, message, context] of bad) {
+    const call = node.NodePublishVolume(request((r) => {
+      r.target_path = target;
+      Object.assign(r.volume_context!, context ?? {});
+    }));
+    await assertCsiError(call, Code.INVALID_ARGUMENT, message, target);
   }
+  assert.deepEqual(mounter.calls, []);
 });
 
 Deno.test("NodePublishVolume refuses a symlinked component and creates nothing through it", async () => {
-  const { tree, mounter, node } = await service();
-  try {
-    const outside = `${tree.root}/outside`;
-    await Deno.mkdir(outside);
-    await Deno.mkdir(`${tree.kubeletDir}/pods/uid-1/volumes`, { recursive: true });
-    await Deno.symlink(outside, `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi`);
-    await Deno.mkdir(`${outside}/v`);
-    await assert.rejects(
-      node.NodePublishVolume(request((r) => {
-        r.target_path = `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/mount`;
-      })),
-      /target path ".*\/mount" resolves through a symlink \(to ".*\/outside\/v"\)/,
-    );
-    assert.deepEqual([...Deno.readDirSync(`${outside}/v`)], []);
-    assert.deepEqual(mounter.calls, []);
-  } finally {
-    await tree.remove();
-  }
+  await using setup = await service();
+  const { tree, mounter, node } = setup;
+  const outside = `${tree.root}/outside`;
+  await Deno.mkdir(outside);
+  await Deno.mkdir(`${tree.kubeletDir}/pods/uid-1/volumes`, { recursive: true });
+  await Deno.symlink(outside, `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi`);
+  await Deno.mkdir(`${outside}/v`);
+  await assert.rejects(
+    node.NodePublishVolume(request((r) => {
+      r.target_path = `${tree.kubeletDir}/pods/uid-1/volumes/kubernetes.io~csi/v/mount`;
+    })),
+    /target path ".*\/mount" resolves through a symlink \(to ".*\/outside\/v"\)/,
+  );
+  assert.deepEqual([...Deno.readDirSync(`${outside}/v`)], []);
+  assert.deepEqual(mounter.calls, []);
 });
 
 Deno.test("NodePublishVolume creates the target 0750 and removes it again when the mount fails", async () => {
-  const { tree, mounter, node } = await service();
-  try {
-    const target = await tree.target("uid-1");
-    mounter.failBind = "mount: permission denied";
-    await assertCsiError(
-      node.NodePublishVolume(request((r) => (r.target_path = target))),
-      Code.INTERNAL,
-      `unable to mount ${JSON.stringify(target)}: mount: permission denied`,
-    );
-    assert.deepEqual(mounter.calls, [{ action: "bind", source: TEMPLATE, target }]);
-    await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
-  } finally {
-    await tree.remove();
-  }
+  await using setup = await service();
+  const { tree, mounter, node } = setup;
+  const target = await tree.target("uid-1");
+  mounter.failBind = "mount: permission denied";
+  await assertCsiError(
+    node.NodePublishVolume(request((r) => (r.target_path = target))),
+    Code.INTERNAL,
+    `unable to mount ${JSON.stringify(target)}: mount: permission denied`,
+  );
+  assert.deepEqual(mounter.calls, [{ action: "bind", source: TEMPLATE, target }]);
+  await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
 });
 
 Deno.test("NodePublishVolume fails with Internal when the target's parent is missing", async () => {
-  const { tree, mounter, node } = await service();
-  try {
-    const target = `${tree.kubeletDir}/pods/uid-9/volumes/kubernetes.io~csi/v/mount`;
-    await assertCsiError(
-      node.NodePublishVolume(request((r) => (r.target_path = target))),
-      Code.INTERNAL,
-      /^unable to create target path /,
-    );
-    assert.deepEqual(mounter.calls, []);
-  } finally {
-    await tree.remove();
-  }
+  await using setup = await service();
+  const { tree, mounter, node } = setup;
+  const target = `${tree.kubeletDir}/pods/uid-9/volumes/kubernetes.io~csi/v/mount`;
+  await assertCsiError(
+    node.NodePublishVolume(request((r) => (r.target_path = target))),
+    Code.INTERNAL,
+    /^unable to create target path /,
+  );
+  assert.deepEqual(mounter.calls, []);
 });
 
 Deno.test("NodePublishVolume fails a mount that did not land, unmounts nothing it did not make, and removes its directory", async () => {
   // The fake mounter mounts nothing, so the post-mount identity check must catch it.
-  const { tree, mounter, node } = await service();
-  try {
-    const target = await tree.target("uid-1");
-    await assert.rejects(
-      node.NodePublishVolume(request((r) => (r.target_path = target))),
-      /the new mount is not at the target path/,
-    );
-    assert.deepEqual(mounter.calls.map((c) => c.action), ["bind"]);
-    await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
-  } finally {
-    await tree.remove();
-  }
+  await using setup = await service();
+  const { tree, mounter, node } = setup;
+  const target = await tree.target("uid-1");
+  await assert.rejects(
+    node.NodePublishVolume(request((r) => (r.target_path = target))),
+    /the new mount is not at the target path/,
+  );
+  assert.deepEqual(mounter.calls.map((c) => c.action), ["bind"]);
+  await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
 });
 
 Deno.test("NodeUnpublishVolume validates, and succeeds for a missing or unmounted target", async () => {
-  const { tree, mounter, node } = await service();
-  try {
-    await assert.rejects(
-      node.NodeUnpublishVolume({ target_path: "/x" }),
-      /request missing required volume id/,
-    );
-    await assert.rejects(
-      node.NodeUnpublishVolume({ volume_id: "v" }),
-      /request missing required target path/,
-    );
-    await assert.rejects(
-      node.NodeUnpublishVolume({ volume_id: "v", target_path: "/etc" }),
-      /is not under/,
-    );
-    const target = await tree.target("uid-1");
-    assert.deepEqual(await node.NodeUnpublishVolume({ volume_id: "v", target_path: target }), {});
-    await Deno.mkdir(target);
-    assert.deepEqual(await node.NodeUnpublishVolume({ volume_id: "v", target_path: target }), {});
-    await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
-    assert.deepEqual(mounter.calls, [], "no umount for a plain directory");
-  } finally {
-    await tree.remove();
-  }
+  await using setup = await service();
+  const { tree, mounter, node } = setup;
+  await assert.rejects(
+    node.NodeUnpublishVolume({ target_path: "/x" }),
+    /request missing required volume id/,
+  );
+  await assert.rejects(
+    node.NodeUnpublishVolume({ volume_id: "v" }),
+    /request missing required target path/,
+  );
+  await assert.rejects(
+    node.NodeUnpublishVolume({ volume_id: "v", target_path: "/etc" }),
+    /is not under/,
+  );
+  const target = await tree.target("uid-1");
+  assert.deepEqual(await node.NodeUnpublishVolume({ volume_id: "v", target_path: target }), {});
+  await Deno.mkdir(target);
+  assert.deepEqual(await node.NodeUnpublishVolume({ volume_id: "v", target_path: target }), {});
+  await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
+  assert.deepEqual(mounter.calls, [], "no umount for a plain directory");
 });
 
 Deno.test("NodeGetVolumeStats: InvalidArgument, NotFound, then an abnormal condition with usage", async () => {
-  const { tree, node } = await service();
-  try {
-    await assert.rejects(
-      node.NodeGetVolumeStats({ volume_path: "/x" }),
-      /missing required volume id/,
-    );
-    await assert.rejects(
-      node.NodeGetVolumeStats({ volume_id: "v" }),
-      /missing required volume path/,
-    );
-    const target = await tree.target("uid-1");
-    await assertCsiError(
-      node.NodeGetVolumeStats({ volume_id: "v", volume_path: target }),
-      Code.NOT_FOUND,
-    );
-    await assertCsiError(
-      node.NodeGetVolumeStats({ volume_id: "v", volume_path: "some/path" }),
-      Code.NOT_FOUND,
-    );
-    await Deno.mkdir(target);
-    const stats = await node.NodeGetVolumeStats({ volume_id: "v", volume_path: target });
-    assert.equal(stats.volume_condition.abnormal, true);
-    assert.match(
-      stats.volume_condition.message,
-      /not a mount of the Workload API socket directory/,
-    );
-    assert.deepEqual(stats.usage.map((u) => u.unit), ["BYTES", "INODES"]);
-  } finally {
-    await tree.remove();
-  }
+  await using setup = await service();
+  const { tree, node } = setup;
+  await assert.rejects(
+    node.NodeGetVolumeStats({ volume_path: "/x" }),
+    /missing required volume id/,
+  );
+  await assert.rejects(
+    node.NodeGetVolumeStats({ volume_id: "v" }),
+    /missing required volume path/,
+  );
+  const target = await tree.target("uid-1");
+  await assertCsiError(
+    node.NodeGetVolumeStats({ volume_id: "v", volume_path: target }),
+    Code.NOT_FOUND,
+  );
+  await assertCsiError(
+    node.NodeGetVolumeStats({ volume_id: "v", volume_path: "some/path" }),
+    Code.NOT_FOUND,
+  );
+  await Deno.mkdir(target);
+  const stats = await node.NodeGetVolumeStats({ volume_id: "v", volume_path: target });
+  assert.equal(stats.volume_condition.abnormal, true);
+  assert.match(
+    stats.volume_condition.message,
+    /not a mount of the Workload API socket directory/,
+  );
+  assert.deepEqual(stats.usage.map((u) => u.unit), ["BYTES", "INODES"]);
 });
 
 Deno.test("NodeGetInfo, NodeGetCapabilities and the unsupported RPCs", async () => {
-  const { tree, node } = await service();
-  try {
-    assert.deepEqual(await node.NodeGetInfo({}), { node_id: "node-1", max_volumes_per_node: "0" });
-    assert.deepEqual(
-      (await node.NodeGetCapabilities({})).capabilities.map((c) => c.rpc.type).sort(),
-      ["GET_VOLUME_STATS", "VOLUME_CONDITION"],
-    );
-    for (const rpc of ["NodeStageVolume", "NodeUnstageVolume", "NodeExpandVolume"] as const) {
-      await assertCsiError(node[rpc]({}), Code.UNIMPLEMENTED);
-    }
-  } finally {
-    await tree.remove();
+  await using setup = await service();
+  const { node } = setup;
+  assert.deepEqual(await node.NodeGetInfo({}), { node_id: "node-1", max_volumes_per_node: "0" });
+  assert.deepEqual(
+    (await node.NodeGetCapabilities({})).capabilities.map((c) => c.rpc.type).sort(),
+    ["GET_VOLUME_STATS", "VOLUME_CONDITION"],
+  );
+  for (const rpc of ["NodeStageVolume", "NodeUnstageVolume", "NodeExpandVolume"] as const) {
+    await assertCsiError(node[rpc]({}), Code.UNIMPLEMENTED);
   }
 });
