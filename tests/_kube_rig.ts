@@ -9,7 +9,15 @@
  * captured before the start.
  */
 import { type DriverProcess, ROOT, startDriver } from "./_driver.ts";
-import { LoggedProcess, run, runOk, type Spire, startSpire, waitFor } from "./_spire.ts";
+import {
+  freeLoopbackPort,
+  LoggedProcess,
+  run,
+  runOk,
+  type Spire,
+  startSpire,
+  waitFor,
+} from "./_spire.ts";
 import { KubeApi } from "./_kube_api.ts";
 import { driverImage as localDriverImage, importImages } from "./_kube_images.ts";
 import { mountTable } from "./_env.ts";
@@ -133,7 +141,10 @@ export async function startRig(): Promise<Rig> {
     controllerManager: 0,
     scheduler: 0,
   };
-  for (const key of Object.keys(ports) as (keyof typeof ports)[]) ports[key] = freePort();
+  const taken = new Set<number>();
+  for (const key of Object.keys(ports) as (keyof typeof ports)[]) {
+    ports[key] = freeLoopbackPort(taken);
+  }
 
   const kubeletDir = KUBELET_DIR;
   const socketDir = AGENT_SOCKET_DIR;
@@ -746,11 +757,4 @@ async function isDir(path: string): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
 }

@@ -377,10 +377,23 @@ export async function fetchX509(
   return { result, svid: { spiffeId: uri?.[1] ?? "", svid, bundle } };
 }
 
-/** A TCP port on 127.0.0.1 that was free a moment ago. */
-export function freeLoopbackPort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
+/**
+ * A TCP port on 127.0.0.1 that was free a moment ago, not in `taken` (which it joins), and below
+ * the kernel's ephemeral range (32768 up): a port the kernel handed out once can be handed out
+ * again as the local port of someone's outgoing connection before its server binds it (seen:
+ * kubelet's healthz "address already in use").
+ */
+export function freeLoopbackPort(taken = new Set<number>()): number {
+  for (let attempt = 0; attempt < 1000; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (taken.has(port)) continue;
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+    } catch {
+      continue;
+    }
+    taken.add(port);
+    return port;
+  }
+  throw new Error("no free port below the ephemeral range");
 }
