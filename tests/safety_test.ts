@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { status } from "@grpc/grpc-js";
 import { type DriverProcess, logRecords, startDriver } from "./_driver.ts";
 import { CsiClient, publishRequest } from "./_csi_client.ts";
+import { templateDirFor } from "../lib/config/flags.ts";
 import { layers, makeTempTree, mountFlags, REAL_MOUNTS, type TempTree, waitFor } from "./_env.ts";
 
 const HARDENED = ["nosuid", "nodev", "noexec"];
@@ -220,3 +221,18 @@ function waitForPass(driver: DriverProcess): Promise<true> {
         : undefined,
   );
 }
+
+test(
+  "the template is one mount however often the driver is killed, and none after it stops",
+  withTree(async (tree, start) => {
+    const template = templateDirFor(tree.cwdLink);
+    for (let i = 0; i < 3; i++) {
+      const driver = await start();
+      assert.equal(await layers(template), 1, `start ${i + 1}: one template`);
+      await driver.stop("SIGKILL");
+    }
+    const driver = await start();
+    assert.equal((await driver.stop("SIGTERM")).code, 0);
+    assert.equal(await layers(template), 0, "a stopped driver leaves no template");
+  }),
+);
