@@ -94,6 +94,16 @@ async function main(args: string[]): Promise<number> {
     });
   });
   const leftovers = Promise.withResolvers<boolean>();
+  const node = createNodeService({
+    nodeId: config.nodeId,
+    socketDir: config.socketDir,
+    kubeletDir: config.kubeletDir,
+    socketNames: config.socketNames,
+    mounter,
+    pins,
+    template,
+    leftoversReplaced: leftovers.promise,
+  });
   const server = createServer({
     log,
     identity: createIdentityService({
@@ -101,16 +111,7 @@ async function main(args: string[]): Promise<number> {
       version: VERSION,
       ready: socketDirReadiness(config.socketDir, log),
     }),
-    node: createNodeService({
-      nodeId: config.nodeId,
-      socketDir: config.socketDir,
-      kubeletDir: config.kubeletDir,
-      socketNames: config.socketNames,
-      mounter,
-      pins,
-      template,
-      leftoversReplaced: leftovers.promise,
-    }),
+    node,
   });
   // listen() replaces a stale socket; one that a server answers on belongs to a running driver.
   const answers = (path: string) => acceptsConnection(path, IN_USE_TIMEOUT_MS);
@@ -131,12 +132,10 @@ async function main(args: string[]): Promise<number> {
     return 1;
   }
   log.info("Serving CSI on {csi_socket_path}", { csi_socket_path: config.csiSocketPath });
-  // After serving: a slow mount table never delays registration. Until it is done, a republish
-  // replaces the bind itself (lib/csi/node.ts).
-  replaceLeftoverBinds(config, {
-    mounter,
-    pins,
-    template,
+  // After serving: a slow mount table never delays registration. Publishes wait for it (at most
+  // 10 s; lib/csi/node.ts), since a republish then needs no exec.
+  replaceLeftoverBinds(config, mounter, {
+    replace: (path, all) => node.replaceLeftover(path, all),
     log,
     prune: config.pruneStackedMounts,
   }).then(

@@ -69,6 +69,12 @@ export interface NodeService {
   NodeStageVolume(request: unknown): Promise<Empty>;
   NodeUnstageVolume(request: unknown): Promise<Empty>;
   NodeExpandVolume(request: unknown): Promise<Empty>;
+  /**
+   * Start-up (leftovers.ts): replaces the bind of the socket dir on `path` (with `all`, every
+   * layer of it) by one from the template; the layers unmounted, or undefined when `path` holds
+   * no bind of the socket dir. Not an RPC.
+   */
+  replaceLeftover(path: string, all: boolean): Promise<number | undefined>;
 }
 
 /** Checks a publish request in upstream's order, with upstream's messages (pure). */
@@ -237,16 +243,27 @@ export function createNodeService(options: NodeOptions): NodeService {
 
   // With the pin on our bind at the target. Every bind this process makes comes from the
   // template; one an earlier driver left is replaced at start (leftovers.ts), or here if that
-  // pass failed: only a new mount carries new flags to the host.
+  // pass failed.
   async function republish(
     pin: Pin,
     target: PinnedTarget,
     leftoversReplaced: boolean,
   ): Promise<Empty> {
-    if (leftoversReplaced) return {};
+    if (!leftoversReplaced) await rebind(pin, target, false);
+    return {};
+  }
+
+  // Replaces our bind on the target (with `all`, every layer of it) by one from the template:
+  // only a new mount carries new flags to the host. The layers unmounted.
+  async function rebind(pin: Pin, target: PinnedTarget, all: boolean): Promise<number> {
     await template.ensure(pin);
-    target.enter(pin);
-    await mounter.unmount(target.mountTarget(pin));
+    let layers = 0;
+    do {
+      target.enter(pin);
+      if (!isSocketDirBind(pin)) break;
+      await mounter.unmount(target.mountTarget(pin));
+      layers++;
+    } while (all && layers < maxLayers);
     const undo: Undo = [];
     try {
       await bindFromTemplate(pin, target, undo);
@@ -254,7 +271,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       for (const step of undo.reverse()) await step();
       throw error;
     }
-    return {};
+    return layers;
   }
 
   // Unmounts the socket dir binds on `at`, pinning it for each.
@@ -444,6 +461,14 @@ export function createNodeService(options: NodeOptions): NodeService {
           { rpc: { type: "VOLUME_CONDITION" } },
           { rpc: { type: "GET_VOLUME_STATS" } },
         ],
+      });
+    },
+
+    replaceLeftover(path, all) {
+      const target = new PinnedTarget(path);
+      return pins.hold(async (pin) => {
+        target.enter(pin);
+        return isSocketDirBind(pin) ? await rebind(pin, target, all) : undefined;
       });
     },
 

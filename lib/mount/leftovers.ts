@@ -8,15 +8,13 @@
  * source with a newline in it can forge lines. A forged line can only ADD lines, though; it can
  * neither remove nor change the real line of another mount. So a target is left alone only when
  * exactly one line names it and that line shows nosuid,nodev,noexec (then it is the real line);
- * any target named twice (stacked, or forged) or shown without a flag is replaced. Each
- * candidate is pinned (dir_pin.ts) and acted on only while the pin shows a bind of the socket dir.
+ * any target named twice (stacked, or forged) or shown without a flag is replaced, by the node
+ * service, which pins it (dir_pin.ts) and acts only while the pin shows a bind of the socket dir.
  */
 import { HARDENING, type Mounter } from "./mounter.ts";
 import type { Logger } from "../log.ts";
 import { parseTargetPath } from "./target_path.ts";
-import { pinnedIs, PinnedTarget } from "./pinned_target.ts";
-import { type DirPin, type Pin, PinMovedError, sameFile } from "./dir_pin.ts";
-import type { Template } from "./template.ts";
+import { PinMovedError, sameFile } from "./dir_pin.ts";
 import { errorMessage } from "../errors.ts";
 
 /** The paths the pass works on. */
@@ -24,9 +22,6 @@ export interface LeftoverPaths {
   socketDir: string;
   kubeletDir: string;
 }
-
-/** Most layers one target's prune unmounts. */
-const MAX_LAYERS = 10_000;
 
 /** What the listing says of one target: how many lines name it, and the last line's flags. */
 export interface Listed {
@@ -85,10 +80,12 @@ export async function findStackedMounts(
 
 /** Options for replaceLeftoverBinds. */
 export interface LeftoverOptions {
-  mounter: Mounter;
-  /** The pin every step goes through (shared with the node service). */
-  pins: DirPin;
-  template: Template;
+  /**
+   * Replaces the bind of the socket dir on a target (with `all`, every layer of it) by one from
+   * the template, pinned; the layers unmounted, or undefined when the target holds no bind of the
+   * socket dir (the node service's replaceLeftover).
+   */
+  replace(path: string, all: boolean): Promise<number | undefined>;
   log: Logger;
   /** Unmount every layer of the socket dir on a target before the new bind, not only the top. */
   prune: boolean;
@@ -104,32 +101,15 @@ export interface LeftoverOptions {
  */
 export async function replaceLeftoverBinds(
   paths: LeftoverPaths,
+  mounter: Mounter,
   options: LeftoverOptions,
 ): Promise<number> {
-  const { mounter, pins, template, log } = options;
+  const { log } = options;
   let replaced = 0;
   for (const [path, listed] of listedTargets(await mounter.list(), paths.kubeletDir)) {
     if (surelyHardened(listed)) continue;
-    const target = new PinnedTarget(path);
-    const isOurs = (pin: Pin) => pinnedIs(pin, paths.socketDir);
     try {
-      const removed = await pins.hold(async (pin) => {
-        target.enter(pin);
-        if (!isOurs(pin)) return undefined;
-        await template.ensure(pin);
-        let layers = 0;
-        do {
-          target.enter(pin);
-          if (!isOurs(pin)) break;
-          await mounter.unmount(target.mountTarget(pin));
-          layers++;
-        } while (options.prune && layers < MAX_LAYERS);
-        target.enter(pin);
-        await mounter.bindMount(template.path, target.mountTarget(pin));
-        target.enter(pin);
-        if (!isOurs(pin)) throw new Error("the new mount is not at the target path");
-        return layers;
-      });
+      const removed = await options.replace(path, options.prune);
       if (removed === undefined) continue;
       replaced++;
       if (listed.lines > 1 && !options.prune) {
