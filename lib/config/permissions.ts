@@ -1,7 +1,8 @@
 /**
  * The driver's permission set. It is written once, in deno.json (`permissions.driver`), for the
  * container layouts the image serves: each path there is one of the well-known places for a role
- * (our Workload API dir and upstream's, kubelet's root on plain Kubernetes, microk8s and k0s). The
+ * (our Workload API dir and upstream's, kubelet's root on plain Kubernetes, microk8s and k0s, the
+ * registration socket of each plugin name the hardened chart's nested layouts use). The
  * role of an entry is read from its shape: `unix:<dir>/*` names a Workload API socket dir, another
  * `unix:` entry the CSI socket (or, named `*-reg.sock`, built-in registration's socket), `<root>/pods`
  * a kubelet root, `<dir>/cwd` the -cwd-link, and the `run` entries are mount and umount by file
@@ -43,7 +44,7 @@ const ROLE_FLAGS: Record<Exclude<Role, "fixed">, string> = {
   umountPath: "-umount-path",
   cwdLink: "-cwd-link",
   templateDir: "-cwd-link",
-  registrationSocketPath: "-plugin-registration-path",
+  registrationSocketPath: "-plugin-name with -plugin-registration-path",
 };
 
 /** One entry of a permission set, with the role it plays. */
@@ -75,7 +76,7 @@ export interface ContainerLayouts {
   umountPath: string;
   cwdLink: string;
   templateDir: string;
-  registrationSocketPath: string;
+  registrationSocketPaths: string[];
 }
 
 /** The container paths a declared set (deno.json's by default) is written for, read from the set. */
@@ -98,7 +99,7 @@ export function containerLayouts(set: PermissionSet = declaredPermissionSet()): 
     umountPath: one("umountPath"),
     cwdLink: one("cwdLink"),
     templateDir: one("templateDir"),
-    registrationSocketPath: one("registrationSocketPath"),
+    registrationSocketPaths: of("registrationSocketPath"),
   };
 }
 
@@ -117,7 +118,7 @@ function baseLayout(): DriverPaths {
     socketNames: [...DEFAULT_SOCKET_NAMES],
     cwdLink: layouts.cwdLink,
     templateDir: layouts.templateDir,
-    registrationSocketPath: layouts.registrationSocketPath,
+    registrationSocketPath: layouts.registrationSocketPaths[0] ?? "",
   };
 }
 

@@ -12,6 +12,17 @@ import {
 
 const PROBE = fileURLToPath(new URL("../../tests/fixtures/sandbox_probe.ts", import.meta.url));
 
+/** The plugin names of the hardened chart's layouts, nested ones included. */
+const CHART_PLUGIN_NAMES = [
+  "csi.spiffe.io",
+  "upstream.csi.spiffe.io",
+  "a.csi.spiffe.io",
+  "b.csi.spiffe.io",
+  "upstream-a.csi.spiffe.io",
+  "upstream-b.csi.spiffe.io",
+];
+const REGISTRATION_SOCKETS = CHART_PLUGIN_NAMES.map((name) => `/registration/${name}-reg.sock`);
+
 const PODS_DIRS = [
   "/var/lib/kubelet/pods",
   "/var/snap/microk8s/common/var/lib/kubelet/pods",
@@ -25,7 +36,7 @@ Deno.test("the permission set allows only mount/umount, the socket dirs, the CSI
     "unix:/spiffe-csi/csi.sock",
     "unix:/spiffe-workload-api/*",
     "unix:/spire-agent-socket/*",
-    "unix:/registration/csi.spiffe.io-reg.sock",
+    ...REGISTRATION_SOCKETS.map((path) => `unix:${path}`),
   ]);
   assert.deepEqual(set.env, ["GRPC_*", "MY_NODE_NAME"]);
   assert.deepEqual(
@@ -37,7 +48,7 @@ Deno.test("the permission set allows only mount/umount, the socket dirs, the CSI
       ...PODS_DIRS,
       "/run/spiffe-csi-driver/cwd",
       "/run/spiffe-csi-driver/socket-dir",
-      "/registration/csi.spiffe.io-reg.sock",
+      ...REGISTRATION_SOCKETS,
     ].sort(),
   );
   assert.deepEqual(set.read.sort(), set.write.sort());
@@ -57,20 +68,27 @@ Deno.test("the image's set serves our layout, upstream's and every well-known ku
     umountPath: "/usr/bin/umount",
     cwdLink: "/run/spiffe-csi-driver/cwd",
     templateDir: "/run/spiffe-csi-driver/socket-dir",
-    registrationSocketPath: "/registration/csi.spiffe.io-reg.sock",
+    registrationSocketPaths: REGISTRATION_SOCKETS,
   });
   const image = permissionSet();
   const dirs = ["/spiffe-workload-api", "/spire-agent-socket"];
   const cwd = "/run/spiffe-csi-driver/cwd";
   const template = "/run/spiffe-csi-driver/socket-dir";
-  const reg = "/registration/csi.spiffe.io-reg.sock";
-  assert.deepEqual(image.read, [...dirs, "/spiffe-csi/csi.sock", ...PODS_DIRS, cwd, template, reg]);
+  const reg = REGISTRATION_SOCKETS;
+  assert.deepEqual(image.read, [
+    ...dirs,
+    "/spiffe-csi/csi.sock",
+    ...PODS_DIRS,
+    cwd,
+    template,
+    ...reg,
+  ]);
   assert.deepEqual(image.write, image.read);
   // Each socket dir gets a connect permission for each Workload API socket name.
   assert.deepEqual(image.net, [
     "unix:/spiffe-csi/csi.sock",
     ...dirs.flatMap((dir) => DEFAULT_SOCKET_NAMES.map((name) => `unix:${dir}/${name}`)),
-    `unix:${reg}`,
+    ...reg.map((path) => `unix:${path}`),
   ]);
   // Another kubelet root (the build argument) replaces the well-known ones.
   const custom = permissionSet({ kubeletDir: "/opt/kubelet" });
@@ -80,7 +98,7 @@ Deno.test("the image's set serves our layout, upstream's and every well-known ku
     "/opt/kubelet/pods",
     cwd,
     template,
-    reg,
+    ...reg,
   ]);
   assert.equal(CONTAINER_PATHS.socketDir, "/spiffe-workload-api");
   assert.equal(CONTAINER_PATHS.kubeletDir, "/var/lib/kubelet");
@@ -140,6 +158,38 @@ Deno.test("ungrantedPaths() names each configured path the running set does not 
   assert.ok(!asked.some((d) => d.name === "env"), "env is not a path");
   // Under the real permissions of this test process everything is granted.
   assert.deepEqual(await ungrantedPaths(CONTAINER_PATHS), []);
+});
+
+Deno.test("the image serves built-in registration for each plugin name of the hardened chart's nested layouts, and names any other", async () => {
+  const image = new Set(permissionFlags().flatMap((flag) => flag.split("=")[1]?.split(",") ?? []));
+  const query = (d: Deno.PermissionDescriptor) => {
+    const value = "path" in d ? d.path : "host" in d ? d.host : "command" in d ? d.command : "";
+    const granted = image.has(String(value)) ||
+      [...image].some((entry) => String(value).startsWith(`${entry}/`));
+    return Promise.resolve({ state: granted ? "granted" : "prompt" } as Deno.PermissionStatus);
+  };
+  for (const name of CHART_PLUGIN_NAMES) {
+    const invocation = parseInvocation([
+      "-workload-api-socket-dir=/spire-agent-socket",
+      `-plugin-name=${name}`,
+      "-csi-socket-path=/spiffe-csi/csi.sock",
+      `-kubelet-registration-path=/var/lib/kubelet/plugins/${name}/csi.sock`,
+    ], { getEnv: () => "node" });
+    assert.equal(invocation.command, "run");
+    if (invocation.command !== "run") return;
+    assert.deepEqual(await ungrantedPaths(invocation.config, query), [], name);
+  }
+  const other = parseInvocation([
+    "-workload-api-socket-dir=/spire-agent-socket",
+    "-plugin-name=other.example.org",
+    "-csi-socket-path=/spiffe-csi/csi.sock",
+    "-kubelet-registration-path=/var/lib/kubelet/plugins/other/csi.sock",
+  ], { getEnv: () => "node" });
+  if (other.command !== "run") throw new Error("expected a run");
+  assert.deepEqual(await ungrantedPaths(other.config, query), [
+    "-plugin-name with -plugin-registration-path: /registration/other.example.org-reg.sock is " +
+    "outside the driver's permission set (read, write, net)",
+  ]);
 });
 
 Deno.test("permissionSet() re-targets every path to the configured ones", () => {
