@@ -21,7 +21,15 @@ export interface Deployment {
   registration: "builtin" | "sidecars";
   /** Reproduce the hardened Helm chart's driver args and agent socket mount path. */
   hardenedChart?: boolean;
+  /** kubelet's root on the node: the base's default, or microk8s's (manifests/microk8s). */
+  kubeletDir: string;
 }
+
+/** The manifests for each kubelet root the rig runs on. */
+const OVERLAYS: Record<string, string> = {
+  "/var/lib/kubelet": "../manifests/base",
+  "/var/snap/microk8s/common/var/lib/kubelet": "../manifests/microk8s",
+};
 
 /** The driver container's args in upstream's example DaemonSet and the SPIFFE hardened chart. */
 export const HARDENED_CHART_ARGS = [
@@ -34,33 +42,36 @@ export const HARDENED_CHART_ARGS = [
 ];
 
 /**
- * The hardened SPIRE Helm chart's driver container (spiffe-csi-driver subchart): the socket dir
- * flag in its two-argument form and the agent's socket dir at /spire-agent-socket; `<kubeletPath>/pods`
- * at the same path in the container, which for kubelet's default root is the base's already.
+ * The hardened SPIRE Helm chart's driver container (spiffe-csi-driver subchart): its three args
+ * (the socket dir flag in its two-argument form, no -kubelet-dir whatever its `kubeletPath`) and the
+ * agent's socket dir at /spire-agent-socket; `<kubeletPath>/pods` at the same path in the
+ * container, as the base and the microk8s overlay have it already.
  */
-const HARDENED_CHART_PATCH = [
-  { op: "test", path: "/spec/template/spec/containers/0/name", value: "spiffe-csi-driver" },
-  {
-    op: "replace",
-    path: "/spec/template/spec/containers/0/args",
-    value: HARDENED_CHART_ARGS,
-  },
-  {
-    op: "test",
-    path: "/spec/template/spec/containers/0/volumeMounts/0/name",
-    value: "spire-agent-socket-dir",
-  },
-  {
-    op: "replace",
-    path: "/spec/template/spec/containers/0/volumeMounts/0/mountPath",
-    value: "/spire-agent-socket",
-  },
-  {
-    op: "test",
-    path: "/spec/template/spec/containers/0/volumeMounts/2/mountPath",
-    value: "/var/lib/kubelet/pods",
-  },
-];
+function hardenedChartPatch(kubeletDir: string): unknown[] {
+  return [
+    { op: "test", path: "/spec/template/spec/containers/0/name", value: "spiffe-csi-driver" },
+    {
+      op: "replace",
+      path: "/spec/template/spec/containers/0/args",
+      value: HARDENED_CHART_ARGS,
+    },
+    {
+      op: "test",
+      path: "/spec/template/spec/containers/0/volumeMounts/0/name",
+      value: "spire-agent-socket-dir",
+    },
+    {
+      op: "replace",
+      path: "/spec/template/spec/containers/0/volumeMounts/0/mountPath",
+      value: "/spire-agent-socket",
+    },
+    {
+      op: "test",
+      path: "/spec/template/spec/containers/0/volumeMounts/2/mountPath",
+      value: `${kubeletDir}/pods`,
+    },
+  ];
+}
 
 /** The liveness-probe sidecar and the driver's liveness probe it serves, removed. */
 const NO_PROBE_SIDECAR = {
@@ -85,16 +96,17 @@ export async function writeKustomization(dir: string, deployment: Deployment): P
   await Deno.mkdir(dir, { recursive: true });
   // kustomize refuses paths outside its root: link the manifests in.
   await Deno.symlink(`${ROOT}manifests`, `${dir}/manifests`);
-  let base = "../manifests/base";
+  let base = OVERLAYS[deployment.kubeletDir];
+  if (base === undefined) throw new Error(`no manifests for kubelet root ${deployment.kubeletDir}`);
   if (deployment.hardenedChart) {
     await Deno.mkdir(`${dir}/hardened-chart`);
     await writeYaml(`${dir}/hardened-chart/kustomization.yaml`, {
       apiVersion: "kustomize.config.k8s.io/v1beta1",
       kind: "Kustomization",
-      resources: ["../manifests/base"],
+      resources: [base],
       patches: [{
         target: { kind: "DaemonSet", name: DAEMONSET.name },
-        patch: JSON.stringify(HARDENED_CHART_PATCH),
+        patch: JSON.stringify(hardenedChartPatch(deployment.kubeletDir)),
       }],
     });
     base = "../hardened-chart";

@@ -31,6 +31,11 @@ export const NODE_IP = "10.254.0.1";
 /** The CSI driver's name. */
 export const DRIVER_NAME = "csi.spiffe.io";
 
+/**
+ * kubelet's root: the default, which manifests/base's hostPaths name, or SPIFFE_CSI_RIG_KUBELET_DIR
+ * (tests/kubelet_e2e.sh runs the rig a second time on microk8s's root, manifests/microk8s).
+ */
+export const KUBELET_DIR = Deno.env.get("SPIFFE_CSI_RIG_KUBELET_DIR") ?? "/var/lib/kubelet";
 /** Host settings kubelet changes at start (restored at teardown). */
 const SYSCTLS = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
 /**
@@ -42,11 +47,9 @@ const COVERED_DIRS = [
   "/run/containerd",
   "/var/log/containers",
   "/var/log/pods",
-  "/var/lib/kubelet",
+  KUBELET_DIR,
   "/run/spire",
 ];
-/** kubelet's root: the default, which the manifests' hostPaths name. */
-const KUBELET_DIR = "/var/lib/kubelet";
 /** The SPIRE agent's socket directory on the host, as in manifests/base/daemonset.yaml. */
 const AGENT_SOCKET_DIR = "/run/spire/agent-sockets";
 
@@ -72,7 +75,7 @@ export async function captureHost(): Promise<HostState> {
     }
   }
   const dirs: Record<string, boolean> = {};
-  for (const dir of COVERED_DIRS) dirs[dir] = await isDir(dir);
+  for (const dir of COVERED_DIRS.flatMap(withAncestors)) dirs[dir] = await isDir(dir);
   return { sysctls, cgroups: cgroups.sort(), dirs };
 }
 
@@ -291,9 +294,10 @@ export async function startRig(): Promise<Rig> {
   try {
     // Directories some component writes regardless of configuration: a tmpfs in this namespace.
     for (const covered of COVERED_DIRS) {
-      if (!(await isDir(covered))) {
-        await Deno.mkdir(covered);
-        undo.push({ what: `remove ${covered}`, fn: () => Deno.remove(covered) });
+      for (const path of withAncestors(covered)) {
+        if (await isDir(path)) continue;
+        await Deno.mkdir(path);
+        undo.push({ what: `remove ${path}`, fn: () => Deno.remove(path) });
       }
       await runOk("mount", ["-t", "tmpfs", "-o", "mode=0755,size=256m", "rig", covered]);
       // Shared, as systemd makes every mount of a node: containerd refuses Bidirectional
@@ -749,6 +753,12 @@ async function removeCgroupTree(dir: string): Promise<void> {
     const result = await run("rmdir", [dir]);
     return result.code === 0 ? true : undefined;
   }, 10_000);
+}
+
+/** `/a/b/c` and the directories above it, from the top: `/a`, `/a/b`, `/a/b/c`. */
+function withAncestors(path: string): string[] {
+  const parts = path.split("/").filter((part) => part !== "");
+  return parts.map((_, i) => `/${parts.slice(0, i + 1).join("/")}`);
 }
 
 async function isDir(path: string): Promise<boolean> {

@@ -27,6 +27,8 @@ fi
 sh tools/install_peers.sh
 sh tools/build_kube.sh
 sh tools/build_spire_agent_static.sh
+# Helm, only for the hardened chart's scenario (its source comes from HELM_CHARTS_HARDENED).
+if [ -n "${HELM_CHARTS_HARDENED:-}" ]; then sh tools/build_helm.sh; fi
 # The driver's local image (fetches its npm packages, so before the network namespace).
 SPIFFE_CSI_RIG_DRIVER_IMAGE=$(deno run --allow-all tools/local_image.ts .tools/kube-images)
 export SPIFFE_CSI_RIG_DRIVER_IMAGE
@@ -35,11 +37,17 @@ SYSCTLS="vm.overcommit_memory kernel.panic kernel.panic_on_oops"
 saved=""
 for name in $SYSCTLS; do saved="$saved $name=$(sysctl -n "$name")"; done
 
+# Two runs: on kubelet's default root (manifests/base) and on microk8s's (manifests/microk8s,
+# and the hardened chart's args, which name no kubelet root). KUBELET_ROOTS picks others.
+KUBELET_ROOTS=${KUBELET_ROOTS:-"/var/lib/kubelet /var/snap/microk8s/common/var/lib/kubelet"}
 rc=0
-unshare --mount --propagation private --pid --fork --mount-proc --net sh -c '
-  ip link set lo up && ip addr add 10.254.0.1/32 dev lo &&
-  exec env SPIFFE_CSI_KUBELET_RIG=1 deno test --allow-all tests/kubelet_e2e_test.ts
-' || rc=$?
+for root in $KUBELET_ROOTS; do
+  echo "kubelet-e2e: the rig with kubelet's root at $root" >&2
+  SPIFFE_CSI_RIG_KUBELET_DIR=$root unshare --mount --propagation private --pid --fork --mount-proc --net sh -c '
+    ip link set lo up && ip addr add 10.254.0.1/32 dev lo &&
+    exec env SPIFFE_CSI_KUBELET_RIG=1 deno test --allow-all tests/kubelet_e2e_test.ts "$@"
+  ' sh "$@" || rc=$?
+done
 
 # Safety net: whatever the tests did, leave the host settings and cgroups as they were.
 for pair in $saved; do
