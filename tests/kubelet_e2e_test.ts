@@ -12,7 +12,22 @@ import { exists, layers, mountTable } from "./_env.ts";
 import { freeLoopbackPort, LoggedProcess, runOk, waitFor } from "./_spire.ts";
 import type { Obj } from "./_kube_api.ts";
 import { importBinaryImage, WORKLOAD_IMAGE } from "./_kube_images.ts";
-import { apply, DAEMONSET, type Deployment, writeKustomization } from "./_kube_manifests.ts";
+import {
+  apply,
+  DAEMONSET,
+  type Deployment,
+  kustomize,
+  writeKustomization,
+} from "./_kube_manifests.ts";
+import { parseAllDocuments } from "yaml";
+import {
+  HARDENED_CHARTS,
+  imageName,
+  imageValues,
+  prepareChart,
+  RELEASE,
+  renderChart,
+} from "./_kube_chart.ts";
 import { ROOT } from "./_driver.ts";
 import {
   BIN,
@@ -49,10 +64,32 @@ if (ENABLED && SIDECARS === undefined) {
 let rig: Rig | undefined;
 let host: HostState | undefined;
 
+/**
+ * The hardened chart's scenario needs the chart's source (HELM_CHARTS_HARDENED, a checkout of
+ * spiffe/helm-charts-hardened) and node-driver-registrar at the chart's default tag
+ * (CHART_NODE_DRIVER_REGISTRAR); with UPSTREAM_BIN (spiffe-csi built by hand, at the chart's
+ * appVersion unless UPSTREAM_VERSION says another) it starts from upstream and switches over.
+ */
+const CHART_REGISTRAR = Deno.env.get("CHART_NODE_DRIVER_REGISTRAR");
+const CHART = HARDENED_CHARTS && CHART_REGISTRAR
+  ? { source: HARDENED_CHARTS, registrar: CHART_REGISTRAR }
+  : undefined;
+const UPSTREAM = Deno.env.get("UPSTREAM_BIN");
+const UPSTREAM_VERSION = Deno.env.get("UPSTREAM_VERSION");
+if (ENABLED && CHART === undefined) {
+  console.log(
+    "IGNORED 16: set HELM_CHARTS_HARDENED to a checkout of spiffe/helm-charts-hardened and " +
+      "CHART_NODE_DRIVER_REGISTRAR to node-driver-registrar built at the chart's default tag " +
+      "(UPSTREAM_BIN too, to switch over from upstream)",
+  );
+}
+
 /** Options of a rig test. */
 interface TestOptions {
   /** It runs node-driver-registrar and livenessprobe (SIDECARS): ignored without them. */
   sidecars?: boolean;
+  /** It renders the hardened chart (CHART): ignored without it. */
+  chart?: boolean;
 }
 
 function test(
@@ -62,7 +99,8 @@ function test(
 ): void {
   Deno.test({
     name,
-    ignore: !ENABLED || (options.sidecars === true && SIDECARS === undefined),
+    ignore: !ENABLED || (options.sidecars === true && SIDECARS === undefined) ||
+      (options.chart === true && CHART === undefined),
     sanitizeOps: false,
     sanitizeResources: false,
     async fn() {
@@ -98,9 +136,9 @@ interface PodRef {
 function workloadPod(
   ref: PodRef,
   serviceAccount: string,
-  options: { readOnly?: boolean } = {},
+  options: { readOnly?: boolean; driver?: string; script?: string } = {},
 ): Obj {
-  const fetch = [
+  const fetch = options.script ?? [
     "while true; do",
     "  if spire-agent api fetch x509 -socketPath /spiffe-workload-api/api.sock -write /tmp -timeout 5s; then",
     "    echo FETCH-OK $(date +%s); echo ---SVID; cat /tmp/svid.0.pem; echo ---BUNDLE; cat /tmp/bundle.0.pem; echo ---END;",
@@ -126,7 +164,10 @@ function workloadPod(
         command: ["/bin/sh", "-c", fetch],
         volumeMounts: [{ name: VOLUME, mountPath: "/spiffe-workload-api", readOnly: true }],
       }],
-      volumes: [{ name: VOLUME, csi: { driver: DRIVER_NAME, readOnly: options.readOnly ?? true } }],
+      volumes: [{
+        name: VOLUME,
+        csi: { driver: options.driver ?? DRIVER_NAME, readOnly: options.readOnly ?? true },
+      }],
     },
   };
 }
@@ -668,27 +709,45 @@ const driverMemory: {
 }[] = [];
 
 /** Waits until kubelet has the driver in CSINode with this node's id. */
-async function waitRegistered(r: Rig, what: string): Promise<void> {
+async function waitRegistered(r: Rig, what: string, name = DRIVER_NAME): Promise<void> {
   await waitFor(what, async () => {
-    return (await csiNodeDrivers(r)).find((d) => d.name === DRIVER_NAME && d.nodeID === NODE);
+    return (await csiNodeDrivers(r)).find((d) => d.name === name && d.nodeID === NODE);
   }, 60_000);
 }
 
 /** The DaemonSet's pods that are not being deleted. */
-async function driverPods(r: Rig): Promise<Obj[]> {
+async function driverPods(r: Rig, label = DS_LABEL): Promise<Obj[]> {
   const list = await r.api.request(
     "GET",
-    `/api/v1/namespaces/${DAEMONSET.namespace}/pods?labelSelector=${DS_LABEL}`,
+    `/api/v1/namespaces/${DAEMONSET.namespace}/pods?labelSelector=${label}`,
   );
   return (list.items as Obj[]).filter((p) => !p.metadata.deletionTimestamp);
 }
 
-/** Waits for exactly one Ready driver pod, none other left, and (if given) not `previousUid`. */
-async function waitDriverPod(r: Rig, previousUid?: string): Promise<Obj> {
-  return await waitFor("one Ready pod of the DaemonSet", async () => {
+/**
+ * Deletes a DaemonSet and its pods: the rig runs no garbage collector, which would otherwise
+ * delete the pods of a deleted DaemonSet. Published volumes stay mounted.
+ */
+async function deleteDaemonSet(r: Rig, name: string, label: string): Promise<void> {
+  await r.api.delete(`/apis/apps/v1/namespaces/${DAEMONSET.namespace}/daemonsets/${name}`);
+  for (const pod of await driverPods(r, label)) {
+    await r.api.delete(`/api/v1/namespaces/${DAEMONSET.namespace}/pods/${pod.metadata.name}`);
+  }
+  await waitFor(`the pods of ${name} gone`, async () => {
     const list = await r.api.request(
       "GET",
-      `/api/v1/namespaces/${DAEMONSET.namespace}/pods?labelSelector=${DS_LABEL}`,
+      `/api/v1/namespaces/${DAEMONSET.namespace}/pods?labelSelector=${label}`,
+    );
+    return (list.items as Obj[]).length === 0 || undefined;
+  }, 120_000);
+}
+
+/** Waits for exactly one Ready driver pod, none other left, and (if given) not `previousUid`. */
+async function waitDriverPod(r: Rig, previousUid?: string, label = DS_LABEL): Promise<Obj> {
+  return await waitFor(`one Ready pod of the DaemonSet ${label}`, async () => {
+    const list = await r.api.request(
+      "GET",
+      `/api/v1/namespaces/${DAEMONSET.namespace}/pods?labelSelector=${label}`,
     );
     const pods = list.items as Obj[];
     if (pods.length !== 1) return undefined;
@@ -834,8 +893,16 @@ async function checkWorkloadsKeptWorking(r: Rig, since: number): Promise<void> {
   }
 }
 
-async function kubectlApply(r: Rig, deployment: Deployment): Promise<void> {
-  const dir = await writeKustomization(`${r.dir}/kustomize`, deployment);
+/** kubectl v1.37.2 with the rig's kubeconfig. */
+function kubectl(r: Rig, args: string[]): Promise<string> {
+  return runOk(`${BIN}/kubectl`, [`--kubeconfig=${r.kubeconfig}`, ...args]);
+}
+
+async function kubectlApply(r: Rig, deployment: Omit<Deployment, "kubeletDir">): Promise<void> {
+  const dir = await writeKustomization(`${r.dir}/kustomize`, {
+    ...deployment,
+    kubeletDir: r.kubeletDir,
+  });
   await apply(`${BIN}/kubectl`, r.kubeconfig, dir);
 }
 
@@ -952,8 +1019,7 @@ test("12. rolling update while workloads run: they keep fetching, one layer each
   const [old] = await driverPods(r);
   assert.ok(old, "no driver pod");
   const since = nowSeconds();
-  await runOk(`${BIN}/kubectl`, [
-    `--kubeconfig=${r.kubeconfig}`,
+  await kubectl(r, [
     "-n",
     DAEMONSET.namespace,
     "set",
@@ -1023,6 +1089,322 @@ function quantity(value: string): number {
   assert.ok(match, `unexpected quantity ${value}`);
   return Number(match[1]) * (match[2] === "Gi" ? 1024 ** 3 : 1024 ** 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Nested SPIRE: a second instance of the driver on the node, as the hardened chart's nested
+// layouts run them: its own plugin name, Workload API dir, CSI socket and registration socket.
+
+/** The second instance: a plugin name of the hardened chart's nested layouts. */
+const NESTED = {
+  pluginName: "a.csi.spiffe.io",
+  daemonSet: "spiffe-csi-driver-a",
+  label: "app.kubernetes.io/name=spiffe-csi-driver-a",
+  socketDir: "/run/spire/agent-sockets-a",
+};
+
+/**
+ * The shipped DaemonSet (built-in registration) made into the nested instance: every path and
+ * name that carries the plugin name carries NESTED's, and its own Workload API dir; with its
+ * CSIDriver object.
+ */
+function nestedInstance(documents: Obj[], kubeletDir: string): Obj[] {
+  const ds = documents.find((d) => d.kind === "DaemonSet");
+  const csiDriver = documents.find((d) => d.kind === "CSIDriver");
+  assert.ok(ds && csiDriver, "the DaemonSet and the CSIDriver in the kustomize output");
+  let text = JSON.stringify(ds);
+  for (
+    const [from, to] of [
+      [`-plugin-name=${DRIVER_NAME}`, `-plugin-name=${NESTED.pluginName}`],
+      [`/plugins/${DRIVER_NAME}/`, `/plugins/${NESTED.pluginName}/`],
+      [`"${kubeletDir}/plugins/${DRIVER_NAME}"`, `"${kubeletDir}/plugins/${NESTED.pluginName}"`],
+    ]
+  ) {
+    assert.ok(text.includes(from as string), `${from} in the DaemonSet`);
+    text = text.replaceAll(from as string, to as string);
+  }
+  const nested = JSON.parse(text);
+  nested.metadata.name = NESTED.daemonSet;
+  const labels = { "app.kubernetes.io/name": NESTED.daemonSet };
+  nested.metadata.labels = labels;
+  nested.spec.selector.matchLabels = labels;
+  nested.spec.template.metadata.labels = labels;
+  const agent = (nested.spec.template.spec.volumes as Obj[])
+    .find((v) => v.name === "spire-agent-socket-dir");
+  assert.ok(agent, "the agent's socket dir volume");
+  agent.hostPath.path = NESTED.socketDir;
+  return [nested, { ...csiDriver, metadata: { ...csiDriver.metadata, name: NESTED.pluginName } }];
+}
+
+test("15. nested SPIRE: a second instance (a.csi.spiffe.io, its own agent dir) from the same image with built-in registration publishes only its own volumes", async (r) => {
+  const [main] = await driverPods(r);
+  assert.ok(main, "no driver pod");
+  await Deno.mkdir(NESTED.socketDir, { recursive: true });
+  await Deno.writeTextFile(`${NESTED.socketDir}/INSTANCE`, "a\n");
+  const dir = await writeKustomization(`${r.dir}/kustomize-nested`, {
+    image: r.driverImage,
+    registration: "builtin",
+    kubeletDir: r.kubeletDir,
+  });
+  const documents = parseAllDocuments(await kustomize(`${BIN}/kubectl`, dir))
+    .map((d) => d.toJS() as Obj);
+  const file = `${r.dir}/nested.json`;
+  await Deno.writeTextFile(
+    file,
+    JSON.stringify({
+      apiVersion: "v1",
+      kind: "List",
+      items: nestedInstance(documents, r.kubeletDir),
+    }),
+  );
+  await kubectl(r, ["apply", "-f", file]);
+  const nested = await waitDriverPod(r, undefined, NESTED.label);
+  await waitRegistered(r, `${NESTED.pluginName} in CSINode`, NESTED.pluginName);
+  assert.ok(
+    (await csiNodeDrivers(r)).some((d) => d.name === DRIVER_NAME),
+    "the first instance is still registered",
+  );
+  const since = nowSeconds();
+  const ref: PodRef = { namespace: POD_A.namespace, name: "nested-workload" };
+  const uid = await createPod(
+    r,
+    workloadPod(ref, SA[ref.namespace] as string, {
+      driver: NESTED.pluginName,
+      script: "echo INSTANCE=$(cat /spiffe-workload-api/INSTANCE); sleep 3600",
+    }),
+  );
+  await waitRunning(r, ref, 180_000);
+  const target = targetOf(r, uid);
+  await waitPublishedBy(r, nested, target);
+  await waitFor("the nested workload to print its instance", async () => {
+    const lines = await containerLog(r, ref, uid, "workload");
+    return lines.includes("INSTANCE=a") || undefined;
+  }, 60_000);
+  const bind = (await mountsOf(Deno.pid)).filter((m) => m.target === target);
+  assert.equal(bind.length, 1, "one bind at the nested target");
+  assert.match(bind[0]?.root ?? "", /\/agent-sockets-a$/, "the nested instance's agent dir");
+  // Each instance published only its own volumes.
+  const published = (lines: string[]) =>
+    lines.filter((l) => l.includes("NodePublishVolume") && l.includes('"OK"'));
+  assert.deepEqual(
+    published(await driverLog(r, main)).filter((l) => l.includes(uid)),
+    [],
+    "the first instance published the nested volume",
+  );
+  for (const line of published(await driverLog(r, nested))) {
+    assert.ok(line.includes(uid), `the nested instance published another volume: ${line}`);
+  }
+  await checkWorkloadsKeptWorking(r, since);
+
+  // Removed: its volume unpublished by it, its registration gone, the first instance untouched.
+  await deletePod(r, ref);
+  await waitGone(r, ref, 120_000);
+  assert.deepEqual((await mountsUnderPods(r)).filter((t) => t.includes(uid)), []);
+  await deleteDaemonSet(r, NESTED.daemonSet, NESTED.label);
+  await r.api.delete(`/apis/storage.k8s.io/v1/csidrivers/${NESTED.pluginName}`);
+  await waitFor(`${NESTED.pluginName} out of CSINode`, async () => {
+    const names = (await csiNodeDrivers(r)).map((d) => d.name);
+    return (!names.includes(NESTED.pluginName) && names.includes(DRIVER_NAME)) || undefined;
+  }, 60_000);
+  assert.equal(await exists(`${r.registrationDir}/${NESTED.pluginName}-reg.sock`), false);
+  await Deno.remove(NESTED.socketDir, { recursive: true });
+  await checkWorkloadsKeptWorking(r, nowSeconds());
+});
+
+// ---------------------------------------------------------------------------------------------
+// The hardened Helm chart itself, rendered by Helm, with only the image values set to ours; and
+// (with UPSTREAM_BIN) a node switched over from upstream's image in place, and back.
+
+/** Each workload fetched after `since`, never failed after it, and never restarted. */
+async function checkKeptFetching(r: Rig, workloads: Map<string, string>, since: number) {
+  for (const [key, uid] of workloads) {
+    const [namespace, name] = key.split("/") as [string, string];
+    const log = await waitFetched(r, { namespace, name }, uid, since);
+    assert.deepEqual(log.failed.filter((t) => t >= since), [], `${key} failed to fetch`);
+    const pod = await r.api.get(podPath({ namespace, name }));
+    assert.equal(pod?.status.containerStatuses[0].restartCount, 0, `${key} restarted`);
+  }
+}
+
+/** Every workload of every scenario since the shipped DaemonSet that is still running. */
+function allDsWorkloads(): Map<string, string> {
+  return new Map([...running.entries(), ...dsWorkloads.entries()]);
+}
+
+/** The top mount at `path` in this (the host's) mount namespace carries nosuid,nodev,noexec. */
+async function topIsHardened(path: string): Promise<boolean> {
+  const top = (await mountsOf(Deno.pid)).filter((m) => m.target === path).at(-1);
+  return ["ro", "nosuid", "nodev", "noexec"].every((flag) => top?.options.includes(flag));
+}
+
+test(
+  "16. the hardened Helm chart rendered by Helm with only the image values set: registrar, registration, SVIDs, a rolling update; switched over from upstream in place and back",
+  async (r) => {
+    if (!CHART) throw new Error("HELM_CHARTS_HARDENED and CHART_NODE_DRIVER_REGISTRAR are unset");
+    const { dir, defaults } = await prepareChart(CHART.source, `${r.dir}/chart`);
+    const images = { containerdSocket: r.containerdSocket, workDir: `${r.dir}/images` };
+    await importBinaryImage({
+      name: imageName(defaults.registrar),
+      binary: CHART.registrar,
+      ...images,
+    });
+    const upstreamTag = UPSTREAM_VERSION ?? defaults.driver.tag;
+    if (UPSTREAM) {
+      await importBinaryImage({
+        name: imageName({ ...defaults.driver, tag: upstreamTag }),
+        binary: UPSTREAM,
+        ...images,
+      });
+    }
+    // What a user of the chart sets: kubeletPath only off kubelet's default root; the tag only for
+    // an upstream release other than the chart's appVersion; for ours, the three image values.
+    const base = r.kubeletDir === "/var/lib/kubelet" ? {} : { kubeletPath: r.kubeletDir };
+    const upstreamValues = upstreamTag === defaults.driver.tag ? {} : { "image.tag": upstreamTag };
+    const ours = imageValues(r.driverImage);
+    console.log(`chart values for our image: ${JSON.stringify({ ...base, ...ours })}`);
+    const install = async (values: Record<string, string>) => {
+      const file = `${r.dir}/chart-rendered.yaml`;
+      await Deno.writeTextFile(
+        file,
+        await renderChart(dir, DAEMONSET.namespace, { ...base, ...values }),
+      );
+      await kubectl(r, ["apply", "-f", file]);
+    };
+    /** Waits for the chart's driver pod (not `previous`), Ready, registered through its registrar. */
+    const chartPod = async (previous: string | undefined, image: string) => {
+      const pod = await waitDriverPod(r, previous).catch(async (error) => {
+        const pods = await driverPods(r);
+        const states = pods.map((p) => [p.metadata.name, p.status?.containerStatuses ?? p.status]);
+        throw new Error(`${error.message}; pods: ${JSON.stringify(states)}`);
+      });
+      assert.deepEqual(
+        (pod.spec.containers as Obj[]).map((c) => [c.name, c.image]),
+        [[DRIVER_CONTAINER, image], ["node-driver-registrar", imageName(defaults.registrar)]],
+      );
+      await waitRegistered(r, `${image} in CSINode through the registrar`);
+      const healthz = await waitFor("the registrar's /healthz", async () => {
+        const response = await fetch(`http://${pod.status.podIP}:9809/healthz`).catch(() =>
+          undefined
+        );
+        await response?.body?.cancel();
+        return response?.status === 200 ? response.status : undefined;
+      }, 60_000);
+      assert.equal(healthz, 200);
+      return pod;
+    };
+    const restartKubelet = async () => {
+      await r.stopKubelet();
+      const since = nowSeconds();
+      await r.startKubelet();
+      await checkKeptFetching(r, allDsWorkloads(), since + 1);
+    };
+
+    // Our kustomized DaemonSet goes (its selector differs from the chart's); binds stay.
+    await deleteDaemonSet(r, DAEMONSET.name, DS_LABEL);
+    let previous: string | undefined;
+    let switched = nowSeconds();
+
+    if (UPSTREAM) {
+      await install(upstreamValues);
+      const upstreamImage = imageName({ ...defaults.driver, tag: upstreamTag });
+      previous = (await chartPod(previous, upstreamImage)).metadata.uid;
+      for (const name of ["upstream-1", "upstream-2"]) {
+        const ref = { namespace: POD_A.namespace, name };
+        await startWorkload(r, ref, switched);
+      }
+      // kubelet restarts, as nodes see them: 0.2.7 stacks a layer on every target each time.
+      for (let i = 0; i < 3; i++) await restartKubelet();
+      const stacked = new Map<string, number>();
+      for (const uid of allDsWorkloads().values()) stacked.set(uid, await layers(targetOf(r, uid)));
+      console.log(
+        `upstream ${upstreamTag} after 3 kubelet restarts: layers ${[...stacked.values()]}`,
+      );
+
+      // Only the image changes.
+      switched = nowSeconds();
+      await install(ours);
+      previous = (await chartPod(previous, r.driverImage)).metadata.uid;
+      await checkKeptFetching(r, allDsWorkloads(), switched);
+      // The start-up pass replaced upstream's unhardened binds; layers did not grow.
+      for (const uid of allDsWorkloads().values()) {
+        const target = targetOf(r, uid);
+        await waitFor(`${target} hardened`, async () => (await topIsHardened(target)) || undefined);
+        assert.ok((await layers(target)) <= (stacked.get(uid) ?? 1), `${target}: layers grew`);
+      }
+      // Republish (kubelet restarted), stats and unpublish work on the binds upstream made.
+      await restartKubelet();
+      const pod = (await driverPods(r))[0] as Obj;
+      const upstream1 = dsWorkloads.get(`${POD_A.namespace}/upstream-1`) as string;
+      await waitPublishedBy(r, pod, targetOf(r, upstream1));
+      await waitFor("NodeGetVolumeStats on a bind upstream made", async () => {
+        return (await driverLog(r, pod)).some((l) =>
+          l.includes("NodeGetVolumeStats") && l.includes(upstream1) && l.includes('"OK"')
+        ) || undefined;
+      }, 60_000);
+      await deletePod(r, { namespace: POD_A.namespace, name: "upstream-1" });
+      await waitGone(r, { namespace: POD_A.namespace, name: "upstream-1" }, 120_000);
+      dsWorkloads.delete(`${POD_A.namespace}/upstream-1`);
+      assert.deepEqual((await mountsUnderPods(r)).filter((t) => t.includes(upstream1)), []);
+      assert.equal(await exists(targetOf(r, upstream1)), false);
+      // The chart passes no extra args: prune once by adding the flag to the live DaemonSet.
+      const rolled = nowSeconds();
+      await kubectl(r, [
+        "-n",
+        DAEMONSET.namespace,
+        "patch",
+        "daemonset",
+        `${RELEASE}-spiffe-csi-driver`,
+        "--type=json",
+        '-p=[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"-prune-stacked-mounts"}]',
+      ]);
+      previous = (await chartPod(previous, r.driverImage)).metadata.uid;
+      for (const uid of allDsWorkloads().values()) {
+        const target = targetOf(r, uid);
+        await waitFor(`${target} pruned to one layer`, async () => {
+          return (await layers(target)) === 1 && await topIsHardened(target) || undefined;
+        });
+      }
+      await checkKeptFetching(r, allDsWorkloads(), rolled);
+    } else {
+      await install(ours);
+      previous = (await chartPod(previous, r.driverImage)).metadata.uid;
+      await checkKeptFetching(r, allDsWorkloads(), switched);
+    }
+
+    // New pods get hardened binds from the chart's driver.
+    const fresh = { namespace: POD_B.namespace, name: "chart-workload-new" };
+    await startWorkload(r, fresh, nowSeconds());
+    const chartDriver = (await driverPods(r))[0] as Obj;
+    const freshUid = dsWorkloads.get(`${fresh.namespace}/${fresh.name}`) as string;
+    await waitPublishedBy(r, chartDriver, targetOf(r, freshUid));
+    await assertHardenedEverywhere(
+      chartDriver,
+      await r.api.get(podPath(fresh)) as Obj,
+      targetOf(r, freshUid),
+    );
+
+    // A rolling update of the chart (a pod annotation changed) keeps every workload fetching.
+    const rolling = nowSeconds();
+    await install({ ...ours, "podAnnotations.rolled": String(rolling) });
+    previous = (await chartPod(previous, r.driverImage)).metadata.uid;
+    await checkKeptFetching(r, allDsWorkloads(), rolling);
+
+    if (UPSTREAM) {
+      // And back: upstream serves the binds ours made, and new pods.
+      const back = nowSeconds();
+      await install(upstreamValues);
+      const upstreamImage = imageName({ ...defaults.driver, tag: upstreamTag });
+      previous = (await chartPod(previous, upstreamImage)).metadata.uid;
+      await checkKeptFetching(r, allDsWorkloads(), back);
+      await deletePod(r, fresh);
+      await waitGone(r, fresh, 120_000);
+      dsWorkloads.delete(`${fresh.namespace}/${fresh.name}`);
+      assert.deepEqual((await mountsUnderPods(r)).filter((t) => t.includes(freshUid)), []);
+      const again = { namespace: POD_B.namespace, name: "back-to-upstream" };
+      await startWorkload(r, again, back);
+    }
+  },
+  { chart: true },
+);
 
 Deno.test({
   name: "kubelet rig: teardown stops every process and leaves the machine as it was found",
