@@ -1,6 +1,13 @@
 /** The Mounter interface and the system mounter: mount/umount through Deno.Command, never a shell. */
-import type { MountTarget } from "./pinned_target.ts";
 import { errorMessage } from "../errors.ts";
+
+/** What mount and umount are pointed at: a pinned directory (dir_pin.ts), named for messages. */
+export interface MountTarget {
+  /** The absolute path, as the client named it (for messages only). */
+  readonly path: string;
+  /** The path the child resolves to the pinned directory itself. */
+  readonly childPath: string;
+}
 
 /** Bind mounts and unmounts; injected so tests can use a fake. */
 export interface Mounter {
