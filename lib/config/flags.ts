@@ -321,7 +321,12 @@ export function invocationArgs(invocation: DriverInvocation): string[] {
 
 /** The registration socket kubelet's plugin watcher finds: `<dir>/<plugin-name>-reg.sock`. */
 export function registrationSocketPath(dir: string, pluginName: string): string {
-  return `${dir.replace(/\/+$/, "")}/${pluginName}-reg.sock`;
+  return `${withoutTrailingSlash(dir)}/${pluginName}-reg.sock`;
+}
+
+/** `path` without trailing slashes, so that `${path}/name` has one (`/` becomes ``). */
+export function withoutTrailingSlash(path: string): string {
+  return path.replace(/\/+$/, "");
 }
 
 // strconv.ParseBool's words, as Go's flag package takes them for -bool=value.

@@ -16,6 +16,7 @@ import type { Logger } from "../log.ts";
 import { parseTargetPath } from "./target_path.ts";
 import { PinMovedError, sameFile } from "./dir_pin.ts";
 import { errorMessage } from "../errors.ts";
+import { withoutTrailingSlash } from "../config/flags.ts";
 
 /** The paths the pass works on. */
 export interface LeftoverPaths {
@@ -36,7 +37,7 @@ export interface Listed {
  * prints none.
  */
 export function listedTargets(listing: string, kubeletDir: string): Map<string, Listed> {
-  const marker = ` on ${kubeletDir.replace(/\/+$/, "")}/pods/`;
+  const marker = ` on ${withoutTrailingSlash(kubeletDir)}/pods/`;
   const targets = new Map<string, Listed>();
   for (const line of listing.split("\n")) {
     const start = line.indexOf(marker);

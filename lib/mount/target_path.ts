@@ -3,6 +3,8 @@
  * an inline CSI volume, `<kubelet-dir>/pods/<pod-uid>/volumes/kubernetes.io~csi/<volume>/mount`,
  * with no symlink in any component below the kubelet dir.
  */
+import { withoutTrailingSlash } from "../config/flags.ts";
+
 /** A target path that is not the shape kubelet gives inline volumes, or leads through a symlink. */
 export class TargetPathError extends Error {
   override name = "TargetPathError";
@@ -36,7 +38,7 @@ export function parseTargetPath(target: string, kubeletDir: string, podUid?: str
   if (/[\x00-\x1f\x7f]/.test(target)) {
     throw refuse("target path must not contain control characters");
   }
-  const root = kubeletDir.replace(/\/+$/, "");
+  const root = withoutTrailingSlash(kubeletDir);
   const prefix = `${root}/pods/`;
   if (!target.startsWith(prefix)) {
     throw refuse(`target path ${quote(target)} is not under ${quote(prefix)}`);
