@@ -10,6 +10,7 @@ import { type CallResult, CsiClient, describe, publishRequest } from "./_csi_cli
 import { type DriverProcess, startDriver, type StartOptions } from "./_driver.ts";
 import {
   exists,
+  layersAt,
   makeTempTree,
   mountEntriesUnder,
   mountTable,
@@ -20,7 +21,6 @@ import {
   type TempTree,
   testSeed,
 } from "./_env.ts";
-import { layersAt } from "../lib/mount/mount_table.ts";
 
 const TARGETS = 50;
 const OPS = Number(Deno.env.get("FAULT_OPS") ?? "10000");

@@ -11,6 +11,7 @@ import * as grpc from "@grpc/grpc-js";
 import { type CallResult, CsiClient, describe, publishRequest } from "./_csi_client.ts";
 import { type DriverProcess, startDriver } from "./_driver.ts";
 import {
+  layersAt,
   makeTempTree,
   mountTable,
   prng,
@@ -20,7 +21,6 @@ import {
   type TempTree,
   testSeed,
 } from "./_env.ts";
-import { layersAt } from "../lib/mount/mount_table.ts";
 import { CSI_LIMITS } from "../lib/server.ts";
 import { concat, frame, PREFACE, PROBE_HEADERS, SETTINGS } from "./_http2.ts";
 

@@ -7,6 +7,7 @@ import { type DriverProcess, logRecords, startDriver } from "./_driver.ts";
 import { CsiClient, publishRequest } from "./_csi_client.ts";
 import {
   layers,
+  layersAt,
   makeTempTree,
   mountsUnder,
   mountTable,
@@ -14,7 +15,6 @@ import {
   type TempTree,
   waitFor,
 } from "./_env.ts";
-import { layersAt } from "../lib/mount/mount_table.ts";
 
 interface Setup {
   tree: TempTree;

@@ -303,11 +303,6 @@ export function parseInvocation(args: string[], options: ParseOptions = {}): Inv
   return { command: "run", config };
 }
 
-/** The command line that reproduces `config` (the inverse of parseInvocation). */
-export function configToArgs(config: Config): string[] {
-  return invocationArgs({ command: "run", config });
-}
-
 /** The command line that reproduces a run or diagnose invocation, flag by flag from the one table. */
 export function invocationArgs(invocation: DriverInvocation): string[] {
   const args = invocation.command === "diagnose" ? ["diagnose"] : [];
