@@ -30,9 +30,7 @@ export class PinnedTarget {
     this.#name = name;
   }
 
-  /**
-   * Whether the target exists; throws TargetPathError when it is a symlink or not a directory.
-   */
+  /** Whether the target exists; throws TargetPathError when it is a symlink or not a directory. */
   exists(): boolean {
     const info = lstatOrNull(this.#parent.inside(this.#name));
     if (info === null) return false;
@@ -43,14 +41,12 @@ export class PinnedTarget {
     return true;
   }
 
-  /** Creates the target 0750; false when it already exists. */
-  create(): boolean {
+  /** Creates the target 0750 unless it is there. */
+  create(): void {
     try {
       Deno.mkdirSync(this.#parent.inside(this.#name), { mode: 0o750 });
-      return true;
     } catch (error) {
-      if (error instanceof Deno.errors.AlreadyExists) return false;
-      throw error;
+      if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
     }
   }
 
