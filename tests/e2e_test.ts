@@ -325,7 +325,7 @@ async function isExecutable(path: string): Promise<boolean> {
   }
 }
 
-const options = { ignore: !REAL_MOUNTS, sanitizeOps: false, sanitizeResources: false };
+const options = { ignore: !REAL_MOUNTS };
 
 Deno.test({
   ...options,

@@ -809,8 +809,6 @@ Deno.test({
   name:
     "hostile inputs get clear errors, touch nothing outside the root, and leave the driver serving",
   ignore: !REAL_MOUNTS,
-  sanitizeOps: false,
-  sanitizeResources: false,
   async fn(t) {
     const seed = testSeed("HOSTILE_SEED", "hostile");
     const etcBefore = await listEtc();

@@ -75,8 +75,6 @@ for (
     name:
       `the image's permission set serves the hardened chart's exact args: publish and unpublish under ${kubeletRoot}/pods`,
     ignore: !REAL_MOUNTS,
-    sanitizeResources: false,
-    sanitizeOps: false,
     async fn() {
       // The chart passes no -kubelet-dir: its kubeletPath only moves the pods dir's mount.
       const container = await makeContainerRoot(kubeletRoot);
@@ -145,8 +143,6 @@ for (
 Deno.test({
   name:
     "under the image's permission set, paths it does not grant are refused at start, one line each",
-  sanitizeResources: false,
-  sanitizeOps: false,
   async fn() {
     const root = await Deno.makeTempDir({ prefix: "spiffe-csi-image-" });
     try {

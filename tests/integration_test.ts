@@ -51,7 +51,7 @@ function withDriver(fn: (s: Setup) => Promise<void>, flags: string[] = []): () =
 }
 
 const test = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, ignore: !REAL_MOUNTS, sanitizeResources: false, sanitizeOps: false, fn });
+  Deno.test({ name, ignore: !REAL_MOUNTS, fn });
 
 test(
   "publish bind-mounts the socket dir: a socket in it answers through the target",

@@ -15,8 +15,6 @@ import { concat, frame, PREFACE, PROBE_HEADERS, SETTINGS } from "./_http2.ts";
 const test = (name: string, fn: (s: { tree: TempTree; driver: DriverProcess }) => Promise<void>) =>
   Deno.test({
     name,
-    sanitizeResources: false,
-    sanitizeOps: false,
     async fn() {
       const tree = await makeTempTree();
       const driver = await startDriver({ ...tree });
