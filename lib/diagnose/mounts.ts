@@ -1,13 +1,8 @@
 /** Checks of mount and umount: util-linux at the configured paths, no stacked layers under the pods dir. */
 import { checkUtilLinux, type Mounter } from "../mount/mounter.ts";
 import { findStackedMounts } from "../mount/leftovers.ts";
-import {
-  type CheckResult,
-  describe,
-  type DiagnoseConfig,
-  isNotCapable,
-  unknown,
-} from "./_check.ts";
+import type { CheckResult, DiagnoseConfig } from "./_check.ts";
+import { describe, isNotCapable, unknown } from "./_check.ts";
 
 export async function checkBinary(
   binary: string,
