@@ -24,8 +24,6 @@ import type { MountTarget } from "./mounter.ts";
 /** The pinned directory is not where it was asked to be: a symlink, or a rename while in use. */
 export class PinMovedError extends Error {
   override name = "PinMovedError";
-  /** The path the pin was asked to reach. */
-  readonly expected: string;
   /** Where it is instead (undefined when getcwd failed: the directory was removed or detached). */
   readonly actual: string | undefined;
 
@@ -35,7 +33,6 @@ export class PinMovedError extends Error {
         ? `${expected} changed while in use`
         : `${expected} resolves through a symlink (to ${actual})`,
     );
-    this.expected = expected;
     this.actual = actual;
   }
 }

@@ -36,7 +36,7 @@ export interface Listed {
  * checked against the target shape; the listing's escapes are never undone, since util-linux
  * prints none.
  */
-export function listedTargets(listing: string, kubeletDir: string): Map<string, Listed> {
+function listedTargets(listing: string, kubeletDir: string): Map<string, Listed> {
   const marker = ` on ${withoutTrailingSlash(kubeletDir)}/pods/`;
   const targets = new Map<string, Listed>();
   for (const line of listing.split("\n")) {

@@ -108,7 +108,7 @@ function ensureDir(dir: string): void {
  * rename(2) of a name onto itself checks for a writable mount before it looks the name up, so it
  * fails EROFS on a read-only mount, and otherwise ENOENT or (the name exists) does nothing.
  */
-export function isReadOnlyMount(dir: string): boolean {
+function isReadOnlyMount(dir: string): boolean {
   const probe = `${dir}/.spiffe-csi-driver-ro-probe`;
   try {
     renameSync(probe, probe);
