@@ -144,7 +144,8 @@ export function createNodeService(options: NodeOptions): NodeService {
       if (!request.target_path) throw invalidArgument("request missing required target path");
       const path = request.target_path;
       return await onTarget(path, async () => {
-        await unpublish(parts, parseTargetPath(path, kubeletDir), path);
+        const parsed = parseTargetPath(path, kubeletDir);
+        await unpublish(parts, parsed, path);
         return {};
       });
     },
@@ -180,8 +181,8 @@ export function createNodeService(options: NodeOptions): NodeService {
 
     replaceLeftover(path, all) {
       return parts.pins.hold(async (section) => {
-        const found = look(parts, section, path);
-        return found === "our bind" ? await rebind(parts, section, path, all) : undefined;
+        if (look(parts, section, path) !== "our bind") return undefined;
+        return await rebind(parts, section, path, all);
       });
     },
 
