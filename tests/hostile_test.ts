@@ -22,6 +22,7 @@ import {
   testSeed,
 } from "./_env.ts";
 import { CSI_LIMITS } from "../lib/server.ts";
+import { errorMessage } from "../lib/errors.ts";
 import { concat, frame, PREFACE, PROBE_HEADERS, SETTINGS } from "./_http2.ts";
 
 const { status } = grpc;
@@ -628,7 +629,7 @@ async function rawSocketCases(suite: Suite, seed: number): Promise<void> {
     await suite.isolated(async () => {
       await rawExchange(path, payload);
     }).catch((error) => {
-      throw new Error(`after "${label}": ${error instanceof Error ? error.message : error}`);
+      throw new Error(`after "${label}": ${errorMessage(error)}`);
     });
   }
 }
