@@ -39,7 +39,7 @@ export class PinMovedError extends Error {
 
 /** Options for PinSection.at. */
 export interface PinOptions {
-  /** Accept a directory getcwd cannot name because it was removed (the template of a gone socket dir). */
+  /** Accept a directory getcwd cannot name, as it was removed (a template of a gone socket dir). */
   removed?: boolean;
 }
 

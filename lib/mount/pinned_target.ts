@@ -50,7 +50,7 @@ export class PinnedTarget {
     }
   }
 
-  /** The other directories beside the target, by absolute path (kubelet keeps only the target there). */
+  /** The other directories beside the target, by path (kubelet keeps only the target there). */
   strays(): string[] {
     return [...Deno.readDirSync(this.#parent.inside())]
       .filter((entry) => entry.isDirectory && entry.name !== this.#name)
