@@ -37,8 +37,6 @@ const IDENTITY = createIdentityService({
 Deno.test({
   name:
     "the server maps a CsiError to its status and anything else to a bare Internal, logging it in full",
-  sanitizeResources: false,
-  sanitizeOps: false,
   async fn() {
     const dir = await Deno.makeTempDir();
     const lines: string[] = [];
@@ -86,8 +84,6 @@ Deno.test({
 Deno.test({
   name:
     "the server refuses a string field that is not UTF-8 with InvalidArgument, before any handler",
-  sanitizeResources: false,
-  sanitizeOps: false,
   async fn() {
     const dir = await Deno.makeTempDir();
     const log = await setupLogging({ level: "error", format: "json", write: () => {} });

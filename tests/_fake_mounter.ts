@@ -1,7 +1,6 @@
 /** A Mounter that records calls and fails on demand (unit tests: no real mounts). */
-import { type Mounter, MountError } from "../lib/mount/mounter.ts";
-import type { MountTarget } from "../lib/mount/pinned_target.ts";
-import type { Pin } from "../lib/mount/dir_pin.ts";
+import { type Mounter, MountError, type MountTarget } from "../lib/mount/mounter.ts";
+import type { PinnedDir } from "../lib/mount/dir_pin.ts";
 
 /** One recorded call. */
 export interface MountCall {
@@ -11,15 +10,13 @@ export interface MountCall {
 }
 
 /**
- * Records every call; set `failBind` / `failUnmount` to make the next calls fail. It mounts
+ * Records every call; set `failBind` to make the next binds fail. It mounts
  * nothing, but keeps the targets its binds would cover in `bound`, so `isBind` can stand in for
  * the node service's device-and-inode check (`isSocketDirBind`).
  */
 export class FakeMounter implements Mounter {
   calls: MountCall[] = [];
   failBind: string | undefined;
-  failUnmount: string | undefined;
-  listing = "";
   /** Target paths a bind covers now. */
   bound = new Set<string>();
   /** Set false to make binds not land (as when the directory moved during the mount). */
@@ -32,9 +29,9 @@ export class FakeMounter implements Mounter {
     return Promise.resolve();
   }
 
-  /** Whether a bind covers the directory the pin is at (use as `isSocketDirBind`). */
-  isBind(pin: Pin): boolean {
-    return this.bound.has(pin.where);
+  /** Whether a bind covers the pinned directory (use as `isSocketDirBind`). */
+  isBind(dir: PinnedDir): boolean {
+    return this.bound.has(dir.path);
   }
 
   harden(target: MountTarget, _readOnly: boolean): Promise<void> {
@@ -44,13 +41,12 @@ export class FakeMounter implements Mounter {
 
   unmount(target: MountTarget): Promise<void> {
     this.calls.push({ action: "unmount", target: target.path });
-    if (this.failUnmount) return Promise.reject(new MountError(this.failUnmount));
     this.bound.delete(target.path);
     return Promise.resolve();
   }
 
   list(): Promise<string> {
     this.calls.push({ action: "list" });
-    return Promise.resolve(this.listing);
+    return Promise.resolve("");
   }
 }

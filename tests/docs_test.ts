@@ -76,8 +76,6 @@ Deno.test("docs: the kustomize directory check follows cd, and not out of a subs
 Deno.test({
   name: "README: the grpcurl example runs as written against `deno task local`'s driver",
   ignore: !REAL_MOUNTS || !HAS_GRPCURL,
-  sanitizeResources: false,
-  sanitizeOps: false,
   async fn() {
     assert.doesNotMatch(README, /grpcurl[^\n`]*\s-unix\s/, "grpcurl 1.9 rejects -unix PATH");
     const block = shellBlocks(README).find((b) => b.includes("grpcurl"));

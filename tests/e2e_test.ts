@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { type DriverProcess, logRecords, startDriver } from "./_driver.ts";
-import { layers, mountsUnder, REAL_MOUNTS } from "./_env.ts";
+import { layers, mountsUnder, parseMountListing, REAL_MOUNTS } from "./_env.ts";
 import { FakeKubelet, type Pod } from "./_kubelet.ts";
 import {
   type FetchedSvid,
@@ -22,7 +22,6 @@ import {
   TRUST_DOMAIN,
   waitFor,
 } from "./_spire.ts";
-import { parseMountListing } from "../lib/mount/mount_table.ts";
 
 const MOUNT = "/usr/bin/mount";
 const UMOUNT = "/usr/bin/umount";
@@ -326,7 +325,7 @@ async function isExecutable(path: string): Promise<boolean> {
   }
 }
 
-const options = { ignore: !REAL_MOUNTS, sanitizeOps: false, sanitizeResources: false };
+const options = { ignore: !REAL_MOUNTS };
 
 Deno.test({
   ...options,

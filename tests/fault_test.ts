@@ -10,6 +10,7 @@ import { type CallResult, CsiClient, describe, publishRequest } from "./_csi_cli
 import { type DriverProcess, startDriver, type StartOptions } from "./_driver.ts";
 import {
   exists,
+  layersAt,
   makeTempTree,
   mountEntriesUnder,
   mountTable,
@@ -20,7 +21,6 @@ import {
   type TempTree,
   testSeed,
 } from "./_env.ts";
-import { layersAt } from "../lib/mount/mount_table.ts";
 
 const TARGETS = 50;
 const OPS = Number(Deno.env.get("FAULT_OPS") ?? "10000");
@@ -131,8 +131,6 @@ async function assertCleanAndRemove(tree: TempTree, targets: string[]): Promise<
 Deno.test({
   name: "fault: 10,000 random publishes and unpublishes over 50 targets survive SIGKILL restarts",
   ignore: !REAL_MOUNTS,
-  sanitizeOps: false,
-  sanitizeResources: false,
   async fn() {
     const seed = testSeed("FAULT_SEED", "fault");
     const random = prng(seed);
@@ -222,8 +220,6 @@ Deno.test({
 Deno.test({
   name: "fault: 1,000 concurrent publishes of one target leave one layer",
   ignore: !REAL_MOUNTS,
-  sanitizeOps: false,
-  sanitizeResources: false,
   async fn() {
     const tree = await makeTempTree();
     const target = await tree.target("pod-same");
@@ -293,8 +289,6 @@ Deno.test({
   name:
     "fault: a failing mount or umount returns INTERNAL, leaves nothing half-done, and the retry succeeds",
   ignore: !REAL_MOUNTS,
-  sanitizeOps: false,
-  sanitizeResources: false,
   async fn(t) {
     const tree = await makeTempTree();
     const bin = `${tree.root}/bin`;

@@ -11,6 +11,7 @@ import * as grpc from "@grpc/grpc-js";
 import { type CallResult, CsiClient, describe, publishRequest } from "./_csi_client.ts";
 import { type DriverProcess, startDriver } from "./_driver.ts";
 import {
+  layersAt,
   makeTempTree,
   mountTable,
   prng,
@@ -20,8 +21,8 @@ import {
   type TempTree,
   testSeed,
 } from "./_env.ts";
-import { layersAt } from "../lib/mount/mount_table.ts";
 import { CSI_LIMITS } from "../lib/server.ts";
+import { errorMessage } from "../lib/errors.ts";
 import { concat, frame, PREFACE, PROBE_HEADERS, SETTINGS } from "./_http2.ts";
 
 const { status } = grpc;
@@ -628,7 +629,7 @@ async function rawSocketCases(suite: Suite, seed: number): Promise<void> {
     await suite.isolated(async () => {
       await rawExchange(path, payload);
     }).catch((error) => {
-      throw new Error(`after "${label}": ${error instanceof Error ? error.message : error}`);
+      throw new Error(`after "${label}": ${errorMessage(error)}`);
     });
   }
 }
@@ -809,8 +810,6 @@ Deno.test({
   name:
     "hostile inputs get clear errors, touch nothing outside the root, and leave the driver serving",
   ignore: !REAL_MOUNTS,
-  sanitizeOps: false,
-  sanitizeResources: false,
   async fn(t) {
     const seed = testSeed("HOSTILE_SEED", "hostile");
     const etcBefore = await listEtc();

@@ -7,6 +7,7 @@ import { type DriverProcess, logRecords, startDriver } from "./_driver.ts";
 import { CsiClient, publishRequest } from "./_csi_client.ts";
 import {
   layers,
+  layersAt,
   makeTempTree,
   mountsUnder,
   mountTable,
@@ -14,7 +15,6 @@ import {
   type TempTree,
   waitFor,
 } from "./_env.ts";
-import { layersAt } from "../lib/mount/mount_table.ts";
 
 interface Setup {
   tree: TempTree;
@@ -51,7 +51,7 @@ function withDriver(fn: (s: Setup) => Promise<void>, flags: string[] = []): () =
 }
 
 const test = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, ignore: !REAL_MOUNTS, sanitizeResources: false, sanitizeOps: false, fn });
+  Deno.test({ name, ignore: !REAL_MOUNTS, fn });
 
 test(
   "publish bind-mounts the socket dir: a socket in it answers through the target",

@@ -11,7 +11,7 @@ import * as apps from "kubernetes-models/apps/v1";
 import * as storage from "kubernetes-models/storage.k8s.io/v1";
 import * as rbac from "kubernetes-models/rbac.authorization.k8s.io/v1";
 import denoConfig from "../deno.json" with { type: "json" };
-import { type Config, parseInvocation, usage } from "../lib/config/flags.ts";
+import { type Config, parseInvocation, usage, withoutTrailingSlash } from "../lib/config/flags.ts";
 import {
   CONTAINER_PATHS,
   type PermissionSet,
@@ -133,7 +133,7 @@ function hostPathOf(podSpec: Doc, c: Doc, path: string): { mount: Doc; host: str
 }
 
 function within(path: string, root: string): boolean {
-  return path === root || path.startsWith(`${root.replace(/\/+$/, "")}/`);
+  return path === root || path.startsWith(`${withoutTrailingSlash(root)}/`);
 }
 
 /** A container's args with `$(NAME)` replaced by its env's literal values, as kubelet does. */

@@ -132,8 +132,6 @@ Deno.test({
   name:
     "a path component swapped for a symlink while publishes and unpublishes run sends nothing outside the kubelet dir",
   ignore: !REAL_MOUNTS,
-  sanitizeOps: false,
-  sanitizeResources: false,
   async fn() {
     await Deno.stat(SWAPPER).catch(() => {
       throw new Error(`${SWAPPER} is missing: tests/run.sh builds it (tools/install_peers.sh)`);

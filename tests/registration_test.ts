@@ -34,8 +34,7 @@ function withRegistration(
   };
 }
 
-const test = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });
+const test = (name: string, fn: () => Promise<void>) => Deno.test({ name, fn });
 
 test(
   "built-in registration: GetInfo on <dir>/<name>-reg.sock names the plugin and the host endpoint",

@@ -71,7 +71,7 @@ function withDriver(
 }
 
 const test = (name: string, fn: () => Promise<void>) =>
-  Deno.test({ name, ignore: !REAL_MOUNTS, sanitizeResources: false, sanitizeOps: false, fn });
+  Deno.test({ name, ignore: !REAL_MOUNTS, fn });
 
 /** A process in a mount namespace of its own whose copy of the pods dir is a peer of ours. */
 function peerNamespace(): Deno.ChildProcess {

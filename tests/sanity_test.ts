@@ -21,8 +21,6 @@ const SANITY = `${ROOT}.tools/bin/csi-sanity`;
 
 Deno.test({
   name: "csi-sanity passes every applicable Identity and Node test",
-  sanitizeResources: false,
-  sanitizeOps: false,
   async fn() {
     await Deno.stat(SANITY).catch(() => {
       throw new Error(`${SANITY} is missing: run tools/install_peers.sh`);

@@ -9,6 +9,7 @@
  * another runtime.
  */
 import type { DriverPaths } from "../lib/config/flags.ts";
+import { errorMessage } from "../lib/errors.ts";
 import { permissionFlags, V8_FLAGS } from "../lib/config/permissions.ts";
 
 /** The Linux targets the driver is built for. */
@@ -162,7 +163,7 @@ if (import.meta.main) {
   try {
     options = parseCompileOptions(Deno.args);
   } catch (error) {
-    say(`deno task compile: ${error instanceof Error ? error.message : String(error)}`);
+    say(`deno task compile: ${errorMessage(error)}`);
     Deno.exit(2);
   }
   const checked = await typeCheck();

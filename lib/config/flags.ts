@@ -303,11 +303,6 @@ export function parseInvocation(args: string[], options: ParseOptions = {}): Inv
   return { command: "run", config };
 }
 
-/** The command line that reproduces `config` (the inverse of parseInvocation). */
-export function configToArgs(config: Config): string[] {
-  return invocationArgs({ command: "run", config });
-}
-
 /** The command line that reproduces a run or diagnose invocation, flag by flag from the one table. */
 export function invocationArgs(invocation: DriverInvocation): string[] {
   const args = invocation.command === "diagnose" ? ["diagnose"] : [];
@@ -321,7 +316,12 @@ export function invocationArgs(invocation: DriverInvocation): string[] {
 
 /** The registration socket kubelet's plugin watcher finds: `<dir>/<plugin-name>-reg.sock`. */
 export function registrationSocketPath(dir: string, pluginName: string): string {
-  return `${dir.replace(/\/+$/, "")}/${pluginName}-reg.sock`;
+  return `${withoutTrailingSlash(dir)}/${pluginName}-reg.sock`;
+}
+
+/** `path` without trailing slashes, so that `${path}/name` has one (`/` becomes ``). */
+export function withoutTrailingSlash(path: string): string {
+  return path.replace(/\/+$/, "");
 }
 
 // strconv.ParseBool's words, as Go's flag package takes them for -bool=value.

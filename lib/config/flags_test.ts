@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConfigError, configToArgs, invocationArgs, parseInvocation, usage } from "./flags.ts";
+import { ConfigError, invocationArgs, parseInvocation, usage } from "./flags.ts";
 
 const env = (vars: Record<string, string>) => ({ getEnv: (name: string) => vars[name] });
 
@@ -142,7 +142,7 @@ Deno.test("parseInvocation() recognizes the diagnose subcommand", () => {
   assert.equal(invocation.command === "diagnose" && invocation.registrationDir, "/reg");
 });
 
-Deno.test("configToArgs() round-trips through parseInvocation()", () => {
+Deno.test("invocationArgs() of a run round-trips through parseInvocation()", () => {
   const first = parseInvocation([
     "-workload-api-socket-dir=/s",
     "-node-id=n",
@@ -152,7 +152,7 @@ Deno.test("configToArgs() round-trips through parseInvocation()", () => {
   ]);
   assert.equal(first.command, "run");
   if (first.command !== "run") return;
-  const second = parseInvocation(configToArgs(first.config));
+  const second = parseInvocation(invocationArgs({ command: "run", config: first.config }));
   assert.deepEqual(second, first);
 });
 

@@ -3,7 +3,7 @@ import { Code } from "../errors.ts";
 import { createNodeService, validatePublish } from "./node.ts";
 import type { NodePublishVolumeRequest } from "./types.ts";
 import { FakeMounter } from "../../tests/_fake_mounter.ts";
-import { DirPin, type Pin } from "../mount/dir_pin.ts";
+import { DirPin, type PinnedDir } from "../mount/dir_pin.ts";
 import { makeTempTree } from "../../tests/_env.ts";
 import { publishRequest } from "../../tests/_requests.ts";
 import { assertCsiError } from "../../tests/_assert.ts";
@@ -118,7 +118,7 @@ async function service(seam = false, replaced?: boolean) {
     mounter,
     pins: new DirPin({ link: tree.cwdLink }),
     template: { path: TEMPLATE, ensure: () => Promise.resolve() },
-    ...(seam ? { isSocketDirBind: (pin: Pin) => mounter.isBind(pin) } : {}),
+    ...(seam ? { isSocketDirBind: (dir: PinnedDir) => mounter.isBind(dir) } : {}),
     ...(replaced === undefined ? {} : { leftoversReplaced: Promise.resolve(replaced) }),
   });
   // Let the node service read how the pass resolved, as it would long before kubelet calls.

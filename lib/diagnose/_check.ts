@@ -44,7 +44,3 @@ export function describe(error: unknown): string {
   if (error instanceof Error) return (error.message.split("\n")[0] ?? error.name).trim();
   return String(error);
 }
-
-export function trimSlash(path: string): string {
-  return path.replace(/\/+$/, "") || "/";
-}

@@ -1,10 +1,10 @@
 /** Checks of kubelet's side: its pods dir, and the registration socket it watches for. */
-import { registrationSocketPath } from "../config/flags.ts";
-import { type CheckResult, describe, isNotCapable, trimSlash, unknown } from "./_check.ts";
+import { registrationSocketPath, withoutTrailingSlash } from "../config/flags.ts";
+import { type CheckResult, describe, isNotCapable, unknown } from "./_check.ts";
 
 export async function checkPodsDir(kubeletDir: string): Promise<CheckResult> {
   const name = "kubelet pods dir exists";
-  const path = `${trimSlash(kubeletDir)}/pods`;
+  const path = `${withoutTrailingSlash(kubeletDir)}/pods`;
   try {
     const info = await Deno.stat(path);
     if (info.isDirectory) return { name, status: "pass", detail: path };

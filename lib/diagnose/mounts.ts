@@ -1,13 +1,8 @@
 /** Checks of mount and umount: util-linux at the configured paths, no stacked layers under the pods dir. */
-import { isUtilLinux, type Mounter } from "../mount/mounter.ts";
+import { checkUtilLinux, type Mounter } from "../mount/mounter.ts";
 import { findStackedMounts } from "../mount/leftovers.ts";
-import {
-  type CheckResult,
-  describe,
-  type DiagnoseConfig,
-  isNotCapable,
-  unknown,
-} from "./_check.ts";
+import type { CheckResult, DiagnoseConfig } from "./_check.ts";
+import { describe, isNotCapable, unknown } from "./_check.ts";
 
 export async function checkBinary(
   binary: string,
@@ -18,25 +13,12 @@ export async function checkBinary(
   const name = `${binary} exists at ${flag}`;
   const fix = `install util-linux ${binary} at ${path} (the image ships it there), or pass ` +
     `${flag} with the absolute path of util-linux ${binary} on this node`;
-  let version: string;
   try {
-    const output = await new Deno.Command(path, {
-      args: ["-V"],
-      clearEnv: true,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "null",
-      signal: AbortSignal.timeout(timeoutMs),
-    }).output();
-    version = new TextDecoder().decode(output.stdout);
+    await checkUtilLinux(path, timeoutMs);
   } catch (error) {
-    if (isNotCapable(error)) return unknown(name, path, error, `ls -l ${path}`);
-    return { name, status: "fail", detail: `${path}: ${describe(error)}`, fix };
-  }
-  // The driver refuses any other kind (busybox re-resolves paths the pin must not).
-  if (!isUtilLinux(version)) {
-    const first = version.trim().split("\n")[0] || "no version output";
-    return { name, status: "fail", detail: `${path} is not util-linux: ${first}`, fix };
+    const cause = error instanceof Error ? error.cause : undefined;
+    if (isNotCapable(cause)) return unknown(name, path, cause, `ls -l ${path}`);
+    return { name, status: "fail", detail: describe(error), fix };
   }
   return { name, status: "pass", detail: path };
 }

@@ -1,12 +1,12 @@
 /** Checks of the Workload API socket directory: there, a directory, serving, and not a pod's emptyDir. */
 import { inspectSocketDir } from "../health/socket_dir.ts";
 import { sameFile } from "../mount/dir_pin.ts";
+import { withoutTrailingSlash } from "../config/flags.ts";
 import {
   type CheckResult,
   describe,
   type DiagnoseConfig,
   isNotCapable,
-  trimSlash,
   unknown,
 } from "./_check.ts";
 
@@ -95,7 +95,9 @@ async function checkNotEmptyDir(
     `deleted directory (the Workload API socket is gone until the workload restarts)`;
   const real = await Deno.realPath(dir).catch(() => dir);
   const emptyDirPath = new RegExp(
-    `^${escapeRegExp(trimSlash(kubeletDir))}/pods/[^/]+/volumes/${escapeRegExp(EMPTY_DIR)}(/|$)`,
+    `^${escapeRegExp(withoutTrailingSlash(kubeletDir))}/pods/[^/]+/volumes/${
+      escapeRegExp(EMPTY_DIR)
+    }(/|$)`,
   );
   if (emptyDirPath.test(real)) {
     return { name, status: "fail", detail: `${real} is inside a pod's emptyDir`, fix };
@@ -104,7 +106,7 @@ async function checkNotEmptyDir(
   // emptyDir on the node (they all live under <kubelet>/pods, which the driver mounts).
   let match: string | undefined;
   try {
-    match = await findEmptyDirIdentity(dir, `${trimSlash(kubeletDir)}/pods`);
+    match = await findEmptyDirIdentity(dir, `${withoutTrailingSlash(kubeletDir)}/pods`);
   } catch (error) {
     if (isNotCapable(error)) {
       return unknown(name, `${kubeletDir}/pods`, error, `ls -d ${kubeletDir}/pods/*/volumes/*`);

@@ -10,18 +10,20 @@
  * - in this process, `link`, a symlink to `/proc/self/cwd` that the permission set allows (Deno
  *   checks the string; the kernel follows the magic link to the directory itself);
  * - in a mount or umount child, `/proc/<driver pid>/cwd`, spelled with a random run of `.`
- *   components each time (`childPath`): umount looks a target it cannot find in the mount table
+ *   components each time (`procCwdPath`): umount looks a target it cannot find in the mount table
  *   up as a mount SOURCE next, and anyone who can mount can name a source `/proc/1/cwd`.
  *
  * The working directory is one per process, so pinned sections never overlap: a section keeps the
- * pin until every child it started has exited.
+ * pin until every child it started has exited. Inside a section, pinning is the only way to get a
+ * handle on a directory, and each pin makes every earlier handle of the section invalid, as the
+ * section's end makes its last one.
  */
+import { errorMessage } from "../errors.ts";
+import type { MountTarget } from "./mounter.ts";
 
 /** The pinned directory is not where it was asked to be: a symlink, or a rename while in use. */
 export class PinMovedError extends Error {
   override name = "PinMovedError";
-  /** The path the pin was asked to reach. */
-  readonly expected: string;
   /** Where it is instead (undefined when getcwd failed: the directory was removed or detached). */
   readonly actual: string | undefined;
 
@@ -31,25 +33,36 @@ export class PinMovedError extends Error {
         ? `${expected} changed while in use`
         : `${expected} resolves through a symlink (to ${actual})`,
     );
-    this.expected = expected;
     this.actual = actual;
   }
 }
 
-/** The pin inside a section: where it is, and the names that reach it. */
-export interface Pin {
-  /** The verified absolute path of the pinned directory. */
-  readonly where: string;
-  /** A path a mount/umount child resolves to the pinned directory itself; new each call. */
-  childPath(): string;
+/** Options for PinSection.at. */
+export interface PinOptions {
+  /** Accept a directory getcwd cannot name, as it was removed (a template of a gone socket dir). */
+  removed?: boolean;
+}
+
+/** A section holding the pin: the only way to pin a directory, until the section ends. */
+export interface PinSection {
   /** Pins `dir` (absolute): walks it from `/`, then verifies with getcwd that it arrived there. */
-  at(dir: string): void;
-  /** Moves the pin into `name` inside the pinned directory (crossing a mount on it) and verifies. */
-  into(name: string): void;
+  at(dir: string, options?: PinOptions): PinnedDir;
+}
+
+/** A verified pinned directory; valid until the next pin of its section or the section's end. */
+export interface PinnedDir {
+  /** The verified absolute path of the pinned directory. */
+  readonly path: string;
+  /** Pins `name` inside this directory (crossing a mount on it) and verifies it. */
+  into(name: string): PinnedDir;
+  /** This process's path to `name` inside the pinned directory, or to the directory itself. */
+  inside(name?: string): string;
   /** Where the pinned directory is now (it may have been renamed); undefined when unreachable. */
   locate(): string | undefined;
-  /** This process's path to `name` inside the pinned directory, or to the directory itself. */
-  path(name?: string): string;
+  /** True when the pinned directory is `dir` (same device and inode), e.g. a bind of it. */
+  isSame(dir: string): boolean;
+  /** The pinned directory for a mount or umount child, with a new spelling of its path. */
+  mountTarget(): MountTarget;
 }
 
 /** Options for DirPin. */
@@ -67,9 +80,16 @@ export class DirPin {
     this.#link = options.link;
   }
 
-  /** Runs `work` with the pin; sections run one after another, never interleaved. */
-  hold<T>(work: (pin: Pin) => Promise<T> | T): Promise<T> {
-    const run = () => work(this.#section());
+  /** Runs `work` in a section of its own; sections run one after another, never interleaved. */
+  hold<T>(work: (section: PinSection) => Promise<T> | T): Promise<T> {
+    const run = async () => {
+      const section = new Section(this.#link);
+      try {
+        return await work(section);
+      } finally {
+        section.end();
+      }
+    };
     const result = this.#tail.then(run, run);
     this.#tail = result.then(() => {}, () => {});
     return result;
@@ -81,61 +101,95 @@ export class DirPin {
     try {
       target = Deno.readLinkSync(this.#link);
     } catch (error) {
-      const why = error instanceof Error ? error.message : String(error);
+      const why = errorMessage(error);
       return Promise.reject(new Error(`${this.#link} is not a symlink to /proc/self/cwd: ${why}`));
     }
     if (target !== "/proc/self/cwd") {
       return Promise.reject(new Error(`${this.#link} points to ${target}, not to /proc/self/cwd`));
     }
-    return this.hold((pin) => {
-      pin.at(dir);
-      if (!sameFile(pin.path(), dir)) {
+    return this.hold((section) => {
+      if (!section.at(dir).isSame(dir)) {
         throw new Error(`${this.#link} does not reach the working directory`);
       }
     });
   }
+}
 
-  #section(): Pin {
-    const link = this.#link;
-    let where = "";
-    const locate = () => {
-      try {
-        return Deno.cwd();
-      } catch {
-        return undefined;
-      }
-    };
-    const verify = (expected: string) => {
-      const actual = locate();
-      if (actual !== expected) throw new PinMovedError(expected, actual);
-      where = expected;
-    };
-    return {
-      get where() {
-        return where;
-      },
-      childPath: () => procCwdPath(Deno.pid),
-      at(dir) {
-        try {
-          Deno.chdir(dir);
-        } catch (error) {
-          where = "";
-          throw error;
-        }
-        verify(dir);
-      },
-      into(name) {
-        if (where === "") throw new Error("into() without a pinned directory");
-        const expected = `${where}/${name}`;
-        where = "";
-        Deno.chdir(`${link}/${name}`);
-        verify(expected);
-      },
-      locate,
-      path(name) {
-        return name === undefined ? link : `${link}/${name}`;
-      },
-    };
+class Section implements PinSection {
+  readonly link: string;
+  /** The one valid handle: none between a chdir and its verification, and after the end. */
+  current: Pinned | undefined;
+  #ended = false;
+
+  constructor(link: string) {
+    this.link = link;
+  }
+
+  at(dir: string, options: PinOptions = {}): PinnedDir {
+    return this.pin(dir, dir, options.removed ?? false);
+  }
+
+  /** chdir to `walk`, then getcwd must say `expected`. */
+  pin(walk: string, expected: string, removed = false): Pinned {
+    if (this.#ended) throw new Error("the pinned section has ended");
+    this.current = undefined;
+    Deno.chdir(walk);
+    const actual = cwd();
+    if (actual !== expected && !(removed && actual === undefined)) {
+      throw new PinMovedError(expected, actual);
+    }
+    this.current = new Pinned(this, expected);
+    return this.current;
+  }
+
+  end(): void {
+    this.#ended = true;
+    this.current = undefined;
+  }
+}
+
+class Pinned implements PinnedDir {
+  readonly #section: Section;
+  readonly path: string;
+
+  constructor(section: Section, path: string) {
+    this.#section = section;
+    this.path = path;
+  }
+
+  into(name: string): PinnedDir {
+    return this.#section.pin(this.inside(name), `${this.path}/${name}`);
+  }
+
+  inside(name?: string): string {
+    this.#held();
+    return name === undefined ? this.#section.link : `${this.#section.link}/${name}`;
+  }
+
+  locate(): string | undefined {
+    this.#held();
+    return cwd();
+  }
+
+  isSame(dir: string): boolean {
+    return sameFile(this.inside(), dir);
+  }
+
+  mountTarget(): MountTarget {
+    this.#held();
+    return { path: this.path, childPath: procCwdPath(Deno.pid) };
+  }
+
+  #held(): void {
+    if (this.#section.current !== this) throw new Error(`the pin on ${this.path} is not held`);
+  }
+}
+
+function cwd(): string | undefined {
+  try {
+    return Deno.cwd();
+  } catch {
+    return undefined;
   }
 }
 
@@ -144,7 +198,7 @@ export class DirPin {
  * the kernel walks it to the same directory, but no mount source can be prepared to equal it,
  * so umount's fallback from target to source lookup never finds someone else's mount.
  */
-export function procCwdPath(pid: number): string {
+function procCwdPath(pid: number): string {
   const [a, b, c, d] = crypto.getRandomValues(new Uint8Array(4));
   const dots = (count = 0) => "./".repeat(count);
   return `/${dots(a)}proc/${dots(b)}${pid}/${dots(c)}cwd${"/.".repeat(d ?? 0)}`;

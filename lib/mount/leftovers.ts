@@ -16,6 +16,7 @@ import type { Logger } from "../log.ts";
 import { parseTargetPath } from "./target_path.ts";
 import { PinMovedError, sameFile } from "./dir_pin.ts";
 import { errorMessage } from "../errors.ts";
+import { withoutTrailingSlash } from "../config/flags.ts";
 
 /** The paths the pass works on. */
 export interface LeftoverPaths {
@@ -35,8 +36,8 @@ export interface Listed {
  * checked against the target shape; the listing's escapes are never undone, since util-linux
  * prints none.
  */
-export function listedTargets(listing: string, kubeletDir: string): Map<string, Listed> {
-  const marker = ` on ${kubeletDir.replace(/\/+$/, "")}/pods/`;
+function listedTargets(listing: string, kubeletDir: string): Map<string, Listed> {
+  const marker = ` on ${withoutTrailingSlash(kubeletDir)}/pods/`;
   const targets = new Map<string, Listed>();
   for (const line of listing.split("\n")) {
     const start = line.indexOf(marker);

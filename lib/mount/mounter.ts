@@ -1,6 +1,13 @@
 /** The Mounter interface and the system mounter: mount/umount through Deno.Command, never a shell. */
-import type { MountTarget } from "./pinned_target.ts";
 import { errorMessage } from "../errors.ts";
+
+/** What mount and umount are pointed at: a pinned directory (dir_pin.ts), named for messages. */
+export interface MountTarget {
+  /** The absolute path, as the client named it (for messages only). */
+  readonly path: string;
+  /** The path the child resolves to the pinned directory itself. */
+  readonly childPath: string;
+}
 
 /** Bind mounts and unmounts; injected so tests can use a fake. */
 export interface Mounter {
@@ -28,6 +35,8 @@ export interface SystemMounterOptions {
   /** Kill a mount/umount that runs longer than this. Default 30 s. */
   timeoutMs?: number;
 }
+
+const DEFAULT_TIMEOUT_MS = 30_000;
 
 /** The per-mount flags every bind this driver makes carries. */
 export const HARDENING = "nosuid,nodev,noexec";
@@ -61,9 +70,16 @@ export function mountArgs(
   }
 }
 
-/** True when `mount -V` / `umount -V` printed `version`: util-linux, the only kind the pin works with. */
-export function isUtilLinux(version: string): boolean {
-  return version.includes("util-linux");
+/**
+ * Rejects with MountError unless `path -V` says util-linux: busybox resolves remount and umount
+ * targets to path strings again, which would undo the pin. Why it could not run is the cause.
+ */
+export async function checkUtilLinux(path: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<void> {
+  const version = await run(path, ["-V"], { timeoutMs });
+  if (!version.includes("util-linux")) {
+    const first = version.trim().split("\n")[0] || "no version output";
+    throw new MountError(`${path} is not util-linux: ${first}`);
+  }
 }
 
 /** Runs util-linux mount and umount by absolute path, with an empty environment. */
@@ -71,89 +87,80 @@ export class SystemMounter implements Mounter {
   readonly #options: Required<SystemMounterOptions>;
 
   constructor(options: SystemMounterOptions) {
-    this.#options = { timeoutMs: 30_000, ...options };
+    this.#options = { timeoutMs: DEFAULT_TIMEOUT_MS, ...options };
   }
 
-  /**
-   * Rejects unless mount and umount are util-linux: busybox resolves remount and umount targets
-   * to path strings again, which would undo the pin.
-   */
+  /** Rejects unless mount and umount are util-linux (checkUtilLinux). */
   async check(): Promise<void> {
-    for (const path of [this.#options.mountPath, this.#options.umountPath]) {
-      const version = await this.#run(path, ["-V"]);
-      if (!isUtilLinux(version)) {
-        throw new MountError(`${path} is not util-linux (${version.trim().split("\n")[0]})`);
-      }
-    }
+    await checkUtilLinux(this.#options.mountPath, this.#options.timeoutMs);
+    await checkUtilLinux(this.#options.umountPath, this.#options.timeoutMs);
   }
 
-  bindMount(source: string, target: MountTarget): Promise<void> {
-    return this.#exec(this.#options.mountPath, mountArgs("bind", target, source), target);
+  async bindMount(source: string, target: MountTarget): Promise<void> {
+    await run(this.#options.mountPath, mountArgs("bind", target, source), this.#options, target);
   }
 
-  harden(target: MountTarget, readOnly: boolean): Promise<void> {
-    return this.#exec(
-      this.#options.mountPath,
-      mountArgs("harden", target, "", readOnly),
-      target,
-    );
+  async harden(target: MountTarget, readOnly: boolean): Promise<void> {
+    const args = mountArgs("harden", target, "", readOnly);
+    await run(this.#options.mountPath, args, this.#options, target);
   }
 
-  unmount(target: MountTarget): Promise<void> {
-    return this.#exec(this.#options.umountPath, mountArgs("unmount", target), target);
+  async unmount(target: MountTarget): Promise<void> {
+    await run(this.#options.umountPath, mountArgs("unmount", target), this.#options, target);
   }
 
   list(): Promise<string> {
-    return this.#run(this.#options.mountPath, []);
+    return run(this.#options.mountPath, [], this.#options);
   }
+}
 
-  async #exec(command: string, args: string[], target: MountTarget): Promise<void> {
-    await this.#run(command, args, target);
-  }
-
-  // The caller holds the pin until this resolves: the child reaches the pinned directory through
-  // /proc/<pid>/cwd, so the working directory must not move before the child has exited.
-  async #run(command: string, args: string[], target?: MountTarget): Promise<string> {
-    let stdout: ArrayBuffer;
-    let stderr: ArrayBuffer;
-    let status: Deno.CommandStatus;
-    try {
-      const cmd = new Deno.Command(command, {
-        args,
-        // Not the pinned directory's path string: the child reaches it through /proc/<pid>/cwd.
-        cwd: "/",
-        clearEnv: true,
-        env: { LC_ALL: "C" },
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      });
-      const child = cmd.spawn();
-      const timer = setTimeout(() => {
-        try {
-          child.kill("SIGKILL");
-        } catch { /* already exited */ }
-      }, this.#options.timeoutMs);
+// The caller holds the pin until this resolves: the child reaches the pinned directory through
+// /proc/<pid>/cwd, so the working directory must not move before the child has exited.
+async function run(
+  command: string,
+  args: string[],
+  { timeoutMs }: { timeoutMs: number },
+  target?: MountTarget,
+): Promise<string> {
+  let stdout: ArrayBuffer;
+  let stderr: ArrayBuffer;
+  let status: Deno.CommandStatus;
+  try {
+    const cmd = new Deno.Command(command, {
+      args,
+      // Not the pinned directory's path string: the child reaches it through /proc/<pid>/cwd.
+      cwd: "/",
+      clearEnv: true,
+      env: { LC_ALL: "C" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const child = cmd.spawn();
+    const timer = setTimeout(() => {
       try {
-        // Read the pipes ourselves: ChildProcess.output() keeps ~100 KiB per run alive in
-        // Deno 2.9 (hundreds of MiB over a few thousand publishes).
-        [stdout, stderr, status] = await Promise.all([
-          new Response(child.stdout).arrayBuffer(),
-          new Response(child.stderr).arrayBuffer(),
-          child.status,
-        ]);
-      } finally {
-        clearTimeout(timer);
-      }
-    } catch (error) {
-      throw new MountError(`${command} could not run: ${errorMessage(error)}`, { cause: error });
+        child.kill("SIGKILL");
+      } catch { /* already exited */ }
+    }, timeoutMs);
+    try {
+      // Read the pipes ourselves: ChildProcess.output() keeps ~100 KiB per run alive in
+      // Deno 2.9 (hundreds of MiB over a few thousand publishes).
+      [stdout, stderr, status] = await Promise.all([
+        new Response(child.stdout).arrayBuffer(),
+        new Response(child.stderr).arrayBuffer(),
+        child.status,
+      ]);
+    } finally {
+      clearTimeout(timer);
     }
-    if (!status.success) {
-      const text = new TextDecoder().decode(stderr).trim().replaceAll("\n", "; ");
-      const how = status.signal ? `killed by ${status.signal}` : `exit status ${status.code}`;
-      const shown = target ? args.map((a) => a === target.childPath ? target.path : a) : args;
-      throw new MountError(`${command} ${shown.join(" ")}: ${how}${text ? `: ${text}` : ""}`);
-    }
-    return new TextDecoder().decode(stdout);
+  } catch (error) {
+    throw new MountError(`${command} could not run: ${errorMessage(error)}`, { cause: error });
   }
+  if (!status.success) {
+    const text = new TextDecoder().decode(stderr).trim().replaceAll("\n", "; ");
+    const how = status.signal ? `killed by ${status.signal}` : `exit status ${status.code}`;
+    const shown = target ? args.map((a) => a === target.childPath ? target.path : a) : args;
+    throw new MountError(`${command} ${shown.join(" ")}: ${how}${text ? `: ${text}` : ""}`);
+  }
+  return new TextDecoder().decode(stdout);
 }

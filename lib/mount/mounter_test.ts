@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import { mountArgs } from "./mounter.ts";
-import type { MountTarget } from "./pinned_target.ts";
+import { mountArgs, type MountTarget } from "./mounter.ts";
 
 const target: MountTarget = {
   path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount",

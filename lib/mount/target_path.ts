@@ -3,19 +3,15 @@
  * an inline CSI volume, `<kubelet-dir>/pods/<pod-uid>/volumes/kubernetes.io~csi/<volume>/mount`,
  * with no symlink in any component below the kubelet dir.
  */
+import { withoutTrailingSlash } from "../config/flags.ts";
+
 /** A target path that is not the shape kubelet gives inline volumes, or leads through a symlink. */
 export class TargetPathError extends Error {
   override name = "TargetPathError";
 }
 
-function refuse(message: string): TargetPathError {
-  return new TargetPathError(message);
-}
-
-/** The parts of a confined target path. */
+/** A confined target path, for the symlink check after a failure. */
 export interface TargetPath {
-  podUid: string;
-  volumeName: string;
   /** Each component below the kubelet dir, from `<kubelet-dir>/pods` down to the target itself. */
   components: string[];
 }
@@ -34,52 +30,47 @@ export function quote(text: string, max = 200): string {
 export function parseTargetPath(target: string, kubeletDir: string, podUid?: string): TargetPath {
   // deno-lint-ignore no-control-regex
   if (/[\x00-\x1f\x7f]/.test(target)) {
-    throw refuse("target path must not contain control characters");
+    throw new TargetPathError("target path must not contain control characters");
   }
-  const root = kubeletDir.replace(/\/+$/, "");
+  const root = withoutTrailingSlash(kubeletDir);
   const prefix = `${root}/pods/`;
   if (!target.startsWith(prefix)) {
-    throw refuse(`target path ${quote(target)} is not under ${quote(prefix)}`);
+    throw new TargetPathError(`target path ${quote(target)} is not under ${quote(prefix)}`);
   }
   const rest = target.slice(prefix.length).split("/");
   if (rest.some((part) => part === "" || part === "." || part === "..")) {
-    throw refuse(`target path ${quote(target)} is not a normalized path`);
+    throw new TargetPathError(`target path ${quote(target)} is not a normalized path`);
   }
   // Longer paths fail in lstat with ENAMETOOLONG: reject them here, as the client's error.
   const bytes = (text: string) => new TextEncoder().encode(text).length;
   if (bytes(target) > MAX_PATH_BYTES || rest.some((part) => bytes(part) > MAX_NAME_BYTES)) {
-    throw refuse(
+    throw new TargetPathError(
       `target path ${
         quote(target)
       } is too long (at most ${MAX_PATH_BYTES} bytes, ${MAX_NAME_BYTES} per name)`,
     );
   }
-  const [uid, volumes, plugin, volumeName, leaf] = rest;
+  const [uid, volumes, plugin, , leaf] = rest;
   if (
     rest.length !== 5 || volumes !== "volumes" || plugin !== "kubernetes.io~csi" ||
-    leaf !== "mount" || uid === undefined || volumeName === undefined
+    leaf !== "mount" || uid === undefined
   ) {
-    throw refuse(
+    throw new TargetPathError(
       `target path ${
         quote(target)
       } is not ${prefix}<pod-uid>/volumes/kubernetes.io~csi/<volume-name>/mount`,
     );
   }
   if (podUid !== undefined && podUid !== uid) {
-    throw refuse(
+    throw new TargetPathError(
       `target path pod uid ${quote(uid)} does not match csi.storage.k8s.io/pod.uid ${
         quote(podUid)
       }`,
     );
   }
-  const components: string[] = [];
-  let path = `${root}/pods`;
-  components.push(path);
-  for (const part of rest) {
-    path = `${path}/${part}`;
-    components.push(path);
-  }
-  return { podUid: uid, volumeName, components };
+  const components = [`${root}/pods`];
+  for (const part of rest) components.push(`${components.at(-1)}/${part}`);
+  return { components };
 }
 
 /** Throws TargetPathError if any existing component is a symlink or not a directory (lstat each, never follow). */
@@ -93,10 +84,10 @@ export async function assertNoSymlinks(target: TargetPath): Promise<void> {
       throw error;
     }
     if (info.isSymlink) {
-      throw refuse(`target path component ${quote(component)} is a symlink`);
+      throw new TargetPathError(`target path component ${quote(component)} is a symlink`);
     }
     if (!info.isDirectory) {
-      throw refuse(`target path component ${quote(component)} is not a directory`);
+      throw new TargetPathError(`target path component ${quote(component)} is not a directory`);
     }
   }
 }

@@ -13,8 +13,7 @@
  */
 import { renameSync } from "node:fs";
 import type { Mounter } from "./mounter.ts";
-import { type Pin, PinMovedError, sameFile } from "./dir_pin.ts";
-import type { MountTarget } from "./pinned_target.ts";
+import { type PinSection, sameFile } from "./dir_pin.ts";
 
 /** Most leftover layers a (re)build unmounts from the template directory. */
 const MAX_LEFTOVERS = 100;
@@ -32,11 +31,11 @@ export interface TemplateOptions {
 export interface Template {
   /** The source of every publish bind. */
   readonly path: string;
-  /** With the pin held: makes sure `path` is a hardened bind of the socket dir as it is now. */
-  ensure(pin: Pin): Promise<void>;
+  /** In a pinned section: makes sure `path` is a hardened bind of the socket dir as it is now. */
+  ensure(section: PinSection): Promise<void>;
 }
 
-/** The template bind; every method runs with the caller's pin held (dir_pin.ts). */
+/** The template bind; every method runs in the caller's pinned section (dir_pin.ts). */
 export class SocketDirTemplate implements Template {
   readonly #options: TemplateOptions;
   /** Built and hardened by this process (a leftover of an earlier one may lack its flags). */
@@ -56,51 +55,42 @@ export class SocketDirTemplate implements Template {
    * is), else (re)builds it: first in each process, and after the socket dir was replaced or
    * mounted over.
    */
-  async ensure(pin: Pin): Promise<void> {
+  async ensure(section: PinSection): Promise<void> {
     const { socketDir, dir, mounter } = this.#options;
     if (this.#built && sameFile(dir, socketDir)) return;
     this.#built = false;
     ensureDir(dir);
-    await this.#unmountAll(pin);
+    await this.#unmountAll(section);
     // Probed before the bind: the bind copies whatever the socket dir's mount has now.
     const readOnly = isReadOnlyMount(socketDir);
-    pin.at(dir);
-    await mounter.bindMount(socketDir, this.#target(pin));
-    pin.at(dir);
-    if (!sameFile(pin.path(), socketDir)) {
+    await mounter.bindMount(socketDir, section.at(dir).mountTarget());
+    const bound = section.at(dir);
+    if (!bound.isSame(socketDir)) {
       throw new Error(`the bind of ${socketDir} did not land on ${dir}`);
     }
-    await mounter.harden(this.#target(pin), readOnly);
+    await mounter.harden(bound.mountTarget(), readOnly);
     this.#built = true;
   }
 
   /** Unmounts the template (published binds are mounts of their own and stay). */
-  async release(pin: Pin): Promise<void> {
+  async release(section: PinSection): Promise<void> {
     this.#built = false;
-    await this.#unmountAll(pin);
+    await this.#unmountAll(section);
   }
 
   // Only this driver mounts on its template directory: unmount layers until umount says there
-  // is none (a leftover of an earlier run in this mount namespace, or a stale template).
-  async #unmountAll(pin: Pin): Promise<void> {
+  // is none (a leftover of an earlier run in this mount namespace, or a stale template). A
+  // template of a socket dir removed since is pinned too: chdir reaches its root, but getcwd
+  // cannot name a removed directory. It is still ours to unmount.
+  async #unmountAll(section: PinSection): Promise<void> {
     for (let layer = 0; layer < MAX_LEFTOVERS; layer++) {
+      const top = section.at(this.#options.dir, { removed: true });
       try {
-        pin.at(this.#options.dir);
-      } catch (error) {
-        // A template of a socket dir that was removed since: chdir reached its root, but getcwd
-        // cannot name a removed directory. It is still ours to unmount.
-        if (!(error instanceof PinMovedError && error.actual === undefined)) throw error;
-      }
-      try {
-        await this.#options.mounter.unmount(this.#target(pin));
+        await this.#options.mounter.unmount(top.mountTarget());
       } catch {
         return;
       }
     }
-  }
-
-  #target(pin: Pin): MountTarget {
-    return { path: this.#options.dir, childPath: pin.childPath() };
   }
 }
 
@@ -118,7 +108,7 @@ function ensureDir(dir: string): void {
  * rename(2) of a name onto itself checks for a writable mount before it looks the name up, so it
  * fails EROFS on a read-only mount, and otherwise ENOENT or (the name exists) does nothing.
  */
-export function isReadOnlyMount(dir: string): boolean {
+function isReadOnlyMount(dir: string): boolean {
   const probe = `${dir}/.spiffe-csi-driver-ro-probe`;
   try {
     renameSync(probe, probe);
