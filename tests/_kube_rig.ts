@@ -18,7 +18,7 @@ import {
   startSpire,
   waitFor,
 } from "./_spire.ts";
-import { KubeApi } from "./_kube_api.ts";
+import { KubeApi, type Obj } from "./_kube_api.ts";
 import { driverImage as localDriverImage, importImages } from "./_kube_images.ts";
 import { mountTable } from "./_env.ts";
 
@@ -434,6 +434,21 @@ export async function startRig(): Promise<Rig> {
     });
     await rig.startKubelet();
     await waitFor("the Node object", async () => (await client.get(`/api/v1/nodes/${NODE}`)));
+    // The API server taints a new node not-ready:NoSchedule (TaintNodesByCondition); the node
+    // lifecycle controller, which this rig does not run, lifts it once the node is Ready. So does
+    // this: a DaemonSet without a blanket toleration (the hardened chart's) must be scheduled.
+    await waitFor("the Node Ready and untainted", async () => {
+      const node = await client.get(`/api/v1/nodes/${NODE}`);
+      const ready = (node?.status?.conditions as Obj[] | undefined)
+        ?.some((c) => c.type === "Ready" && c.status === "True");
+      if (!node || !ready) return undefined;
+      const taints = (node.spec.taints ?? []) as Obj[];
+      const kept = taints.filter((t) => t.key !== "node.kubernetes.io/not-ready");
+      if (kept.length === taints.length) return true;
+      node.spec.taints = kept;
+      await client.request("PUT", `/api/v1/nodes/${NODE}`, node).catch(() => undefined);
+      return undefined;
+    });
 
     spire = await startSpire({
       dir: `${dir}/spire`,

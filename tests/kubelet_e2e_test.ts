@@ -873,6 +873,21 @@ async function recordDriverMemory(r: Rig, pod: Obj, when: string): Promise<void>
   );
 }
 
+/** Each container's working set (MiB) in kubelet's /stats/summary, as `kubectl top pod` sums them. */
+async function podWorkingSets(r: Rig, pod: Obj): Promise<Record<string, number>> {
+  return await waitFor(`${pod.metadata.name} in /stats/summary`, async () => {
+    const response = await fetch(`${r.kubeletReadOnlyUrl}/stats/summary`);
+    const summary = await response.json();
+    const entry = (summary.pods as Obj[]).find((p) => p.podRef.uid === pod.metadata.uid);
+    const containers = (entry?.containers ?? []) as Obj[];
+    if (containers.length < (pod.spec.containers as Obj[]).length) return undefined;
+    if (containers.some((c) => !c.memory?.workingSetBytes)) return undefined;
+    return Object.fromEntries(
+      containers.map((c) => [c.name, Number((c.memory.workingSetBytes / 1024 / 1024).toFixed(1))]),
+    );
+  }, 60_000);
+}
+
 /** Starts a workload and waits until it runs and fetched; returns its uid. */
 async function startWorkload(r: Rig, ref: PodRef, since: number): Promise<string> {
   const uid = await createPod(r, workloadPod(ref, SA[ref.namespace] as string));
@@ -1214,6 +1229,9 @@ test("15. nested SPIRE: a second instance (a.csi.spiffe.io, its own agent dir) f
 // The hardened Helm chart itself, rendered by Helm, with only the image values set to ours; and
 // (with UPSTREAM_BIN) a node switched over from upstream's image in place, and back.
 
+/** The chart's driver pod's working sets by container (MiB), by pod and moment. */
+const podMemory: { pod: string; when: string; containers: Record<string, number> }[] = [];
+
 /** Each workload fetched after `since`, never failed after it, and never restarted. */
 async function checkKeptFetching(r: Rig, workloads: Map<string, string>, since: number) {
   for (const [key, uid] of workloads) {
@@ -1274,7 +1292,9 @@ test(
       const pod = await waitDriverPod(r, previous).catch(async (error) => {
         const pods = await driverPods(r);
         const states = pods.map((p) => [p.metadata.name, p.status?.containerStatuses ?? p.status]);
-        throw new Error(`${error.message}; pods: ${JSON.stringify(states)}`);
+        const sets = await kubectl(r, ["-n", DAEMONSET.namespace, "get", "ds", "-o", "wide"]);
+        const events = await kubectl(r, ["-n", DAEMONSET.namespace, "get", "events"]);
+        throw new Error(`${error.message}; pods: ${JSON.stringify(states)}\n${sets}\n${events}`);
       });
       assert.deepEqual(
         (pod.spec.containers as Obj[]).map((c) => [c.name, c.image]),
@@ -1306,7 +1326,19 @@ test(
     if (UPSTREAM) {
       await install(upstreamValues);
       const upstreamImage = imageName({ ...defaults.driver, tag: upstreamTag });
-      previous = (await chartPod(previous, upstreamImage)).metadata.uid;
+      const upstreamPod = await chartPod(previous, upstreamImage);
+      previous = upstreamPod.metadata.uid;
+      podMemory.push({
+        pod: `upstream ${upstreamTag}`,
+        when: "after start",
+        containers: await podWorkingSets(r, upstreamPod),
+      });
+      await burst(r, "upstream-burst");
+      podMemory.push({
+        pod: `upstream ${upstreamTag}`,
+        when: "after the burst",
+        containers: await podWorkingSets(r, upstreamPod),
+      });
       for (const name of ["upstream-1", "upstream-2"]) {
         const ref = { namespace: POD_A.namespace, name };
         await startWorkload(r, ref, switched);
@@ -1368,6 +1400,26 @@ test(
       await install(ours);
       previous = (await chartPod(previous, r.driverImage)).metadata.uid;
       await checkKeptFetching(r, allDsWorkloads(), switched);
+    }
+    // The pod as an operator sees it (`kubectl top pod`): ours in the chart, driver and registrar.
+    const oursPod = (await driverPods(r))[0] as Obj;
+    podMemory.push({
+      pod: "ours (chart)",
+      when: "after start",
+      containers: await podWorkingSets(r, oursPod),
+    });
+    await burst(r, "chart-burst");
+    podMemory.push({
+      pod: "ours (chart)",
+      when: "after the burst",
+      containers: await podWorkingSets(r, oursPod),
+    });
+    for (const row of podMemory) {
+      const { pod, when, containers } = row;
+      const total = Object.values(containers).reduce((a, b) => a + b, 0);
+      console.log(
+        `pod memory, ${pod}, ${when}: ${JSON.stringify(containers)} = ${total.toFixed(1)} MiB`,
+      );
     }
 
     // New pods get hardened binds from the chart's driver.
