@@ -156,13 +156,13 @@ async function main(args: string[]): Promise<number> {
 
   // Built-in registration (instead of node-driver-registrar): served once CSI answers, so kubelet's
   // NodeGetInfo right after GetInfo succeeds.
-  const registrationSocket = config.registrationSocketPath;
   let registration: Listener | undefined;
-  if (config.kubeletRegistrationPath !== undefined && registrationSocket !== undefined) {
+  if (config.registration) {
+    const { socketPath, endpoint } = config.registration;
     const server = createRegistrationServer(
       createRegistrationService({
         pluginName: config.pluginName,
-        endpoint: config.kubeletRegistrationPath,
+        endpoint,
         onStatus: ({ registered, error }) => {
           if (registered) log.info("Registered with kubelet as {plugin_name}", fieldsOf(config));
           else refuse(error);
@@ -171,23 +171,23 @@ async function main(args: string[]): Promise<number> {
       log,
     );
     try {
-      registration = await listen(server, registrationSocket, {
+      registration = await listen(server, socketPath, {
         limits: REGISTRATION_LIMITS,
         log,
         answers,
       });
-      await Deno.chmod(registrationSocket, 0o600);
+      await Deno.chmod(socketPath, 0o600);
     } catch (error) {
       log.error("Cannot serve registration on {registration_socket}: {error}", {
-        registration_socket: registrationSocket,
+        registration_socket: socketPath,
         error: errorMessage(error),
       });
       await csi.shutdown(SHUTDOWN_GRACE_MS);
       return 1;
     }
     log.info("Serving kubelet plugin registration on {registration_socket}", {
-      registration_socket: registrationSocket,
-      kubelet_registration_path: config.kubeletRegistrationPath,
+      registration_socket: socketPath,
+      kubelet_registration_path: endpoint,
     });
   }
 

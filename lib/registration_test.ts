@@ -37,8 +37,7 @@ Deno.test("-kubelet-registration-path enables registration on <plugin-registrati
   const base = ["-workload-api-socket-dir=/w", "-node-id=n"];
   const off = parseInvocation(base);
   assert.ok(off.command === "run");
-  assert.equal(off.config.kubeletRegistrationPath, undefined);
-  assert.equal(off.config.registrationSocketPath, undefined);
+  assert.equal(off.config.registration, undefined);
 
   const on = parseInvocation([
     ...base,
@@ -46,11 +45,10 @@ Deno.test("-kubelet-registration-path enables registration on <plugin-registrati
     "/var/lib/kubelet/plugins/csi.spiffe.io/csi.sock",
   ]);
   assert.ok(on.command === "run");
-  assert.equal(
-    on.config.kubeletRegistrationPath,
-    "/var/lib/kubelet/plugins/csi.spiffe.io/csi.sock",
-  );
-  assert.equal(on.config.registrationSocketPath, "/registration/csi.spiffe.io-reg.sock");
+  assert.deepEqual(on.config.registration, {
+    socketPath: "/registration/csi.spiffe.io-reg.sock",
+    endpoint: "/var/lib/kubelet/plugins/csi.spiffe.io/csi.sock",
+  });
 
   const custom = parseInvocation([
     ...base,
@@ -60,7 +58,7 @@ Deno.test("-kubelet-registration-path enables registration on <plugin-registrati
   ]);
   assert.ok(custom.command === "run");
   assert.equal(
-    custom.config.registrationSocketPath,
+    custom.config.registration?.socketPath,
     "/var/lib/kubelet/plugins_registry/x.example-reg.sock",
   );
   assert.equal(registrationSocketPath("/r", "a.b"), "/r/a.b-reg.sock");
@@ -76,11 +74,14 @@ Deno.test("the permission set grows by exactly the registration socket, and only
   assert.ok(declared.read.includes(socket) && declared.write.includes(socket));
   assert.ok(declared.net.includes(`unix:${socket}`));
 
-  const { registrationSocketPath: _, ...withoutRegistration } = CONTAINER_PATHS;
+  const { registration: _, ...withoutRegistration } = CONTAINER_PATHS;
   const without = permissionSet(withoutRegistration);
   const withIt = permissionSet({
     ...withoutRegistration,
-    registrationSocketPath: "/var/lib/kubelet/plugins_registry/csi.spiffe.io-reg.sock",
+    registration: {
+      socketPath: "/var/lib/kubelet/plugins_registry/csi.spiffe.io-reg.sock",
+      endpoint: "/var/lib/kubelet/plugins/csi.spiffe.io/csi.sock",
+    },
   });
   const added = (kind: "read" | "write" | "net" | "env" | "run") =>
     withIt[kind].filter((entry) => !without[kind].includes(entry));

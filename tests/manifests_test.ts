@@ -645,10 +645,10 @@ Deno.test({
       const driver = container(pod, "spiffe-csi-driver");
       // kubelet dials the CSI socket's host path; the registration socket is in kubelet's watch dir.
       const csiHost = hostPathOf(pod, driver, config.csiSocketPath).host;
-      assert.equal(config.kubeletRegistrationPath, csiHost);
-      assert.equal(config.registrationSocketPath, "/registration/csi.spiffe.io-reg.sock");
+      assert.equal(config.registration?.endpoint, csiHost);
+      assert.equal(config.registration?.socketPath, "/registration/csi.spiffe.io-reg.sock");
       assert.equal(
-        hostPathOf(pod, driver, config.registrationSocketPath).host,
+        hostPathOf(pod, driver, config.registration.socketPath).host,
         "/var/lib/kubelet/plugins_registry/csi.spiffe.io-reg.sock",
       );
       // The image's permission set (CONTAINER_PATHS) is exactly what this config needs.
@@ -719,7 +719,7 @@ Deno.test({
         // Whoever registers hands kubelet the CSI socket's host path and serves in its plugins_registry.
         const [registers, endpoint] = registrar
           ? [registrar, flag(registrar.args, "kubelet-registration-path")]
-          : [driver, config.kubeletRegistrationPath];
+          : [driver, config.registration?.endpoint];
         assert.equal(endpoint, csiHost, `${where}: the registration endpoint`);
         assert.equal(
           hostPathOf(pod, registers, "/registration").host,

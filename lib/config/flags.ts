@@ -50,8 +50,16 @@ export interface DriverPaths {
   cwdLink: string;
   /** The hardened template of the socket dir (template.ts): `<dir of cwdLink>/socket-dir`. */
   templateDir: string;
-  /** Built-in registration's socket (`<plugin-registration-path>/<plugin-name>-reg.sock`); unset: none. */
-  registrationSocketPath?: string;
+  /** Built-in registration (instead of node-driver-registrar); unset: none. */
+  registration?: Registration;
+}
+
+/** Built-in registration: the socket kubelet's plugin watcher finds, and the endpoint it is told. */
+export interface Registration {
+  /** `<plugin-registration-path>/<plugin-name>-reg.sock`, served by the driver. */
+  socketPath: string;
+  /** The host path of the CSI socket kubelet dials (-kubelet-registration-path). */
+  endpoint: string;
 }
 
 /** Everything the driver needs to run, validated. */
@@ -61,8 +69,6 @@ export interface Config extends DriverPaths {
   logLevel: LogLevel;
   logFormat: LogFormat;
   pruneStackedMounts: boolean;
-  /** Built-in registration: the host path of the CSI socket kubelet dials (unset: no registration). */
-  kubeletRegistrationPath?: string;
 }
 
 /** What the command line asks for. */
@@ -181,14 +187,14 @@ const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     help:
       "Serve kubelet's plugin registration with this host path of the CSI socket as the endpoint (as node-driver-registrar's flag); unset: no built-in registration",
-    arg: ({ config: c }) => c.registrationSocketPath && c.kubeletRegistrationPath,
+    arg: ({ config: c }) => c.registration?.endpoint,
   },
   "plugin-registration-path": {
     type: "string",
     default: "/registration",
     help:
       "Directory kubelet watches for registration sockets; the driver serves <dir>/<plugin-name>-reg.sock",
-    arg: ({ config: c }) => c.registrationSocketPath && dirname(c.registrationSocketPath),
+    arg: ({ config: c }) => c.registration && dirname(c.registration.socketPath),
   },
   "registration-dir": {
     type: "string",
@@ -280,15 +286,10 @@ export function parseInvocation(args: string[], options: ParseOptions = {}): Inv
   };
   const kubeletRegistrationPath = str("kubelet-registration-path");
   if (kubeletRegistrationPath !== undefined && kubeletRegistrationPath !== "") {
-    config.kubeletRegistrationPath = absolutePath(
-      "kubelet-registration-path",
-      kubeletRegistrationPath,
-      undefined,
-    );
-    config.registrationSocketPath = registrationSocketPath(
-      path("plugin-registration-path"),
-      pluginName,
-    );
+    config.registration = {
+      socketPath: registrationSocketPath(path("plugin-registration-path"), pluginName),
+      endpoint: absolutePath("kubelet-registration-path", kubeletRegistrationPath, undefined),
+    };
   }
   if (subcommand === "diagnose") {
     const registration = str("registration-dir");

@@ -31,7 +31,11 @@ type Kind = keyof PermissionSet;
 const KINDS: readonly Kind[] = ["read", "write", "net", "env", "run"];
 
 /** What an entry of the declared set is for; `fixed` entries are the same in every set. */
-type Role = Exclude<keyof DriverPaths, "socketNames"> | "socket" | "fixed";
+type Role =
+  | Exclude<keyof DriverPaths, "socketNames" | "registration">
+  | "registrationSocket"
+  | "socket"
+  | "fixed";
 
 /** The flag that configures each role's path (for messages). */
 const ROLE_FLAGS: Record<Exclude<Role, "fixed">, string> = {
@@ -44,7 +48,7 @@ const ROLE_FLAGS: Record<Exclude<Role, "fixed">, string> = {
   umountPath: "-umount-path",
   cwdLink: "-cwd-link",
   templateDir: "-cwd-link",
-  registrationSocketPath: "-plugin-name with -plugin-registration-path",
+  registrationSocket: "-plugin-name with -plugin-registration-path",
 };
 
 /** One entry of a permission set, with the role it plays. */
@@ -99,7 +103,7 @@ export function containerLayouts(set: PermissionSet = declaredPermissionSet()): 
     umountPath: one("umountPath"),
     cwdLink: one("cwdLink"),
     templateDir: one("templateDir"),
-    registrationSocketPaths: of("registrationSocketPath"),
+    registrationSocketPaths: of("registrationSocket"),
   };
 }
 
@@ -118,7 +122,11 @@ function baseLayout(): DriverPaths {
     socketNames: [...DEFAULT_SOCKET_NAMES],
     cwdLink: layouts.cwdLink,
     templateDir: layouts.templateDir,
-    registrationSocketPath: layouts.registrationSocketPaths[0] ?? "",
+    // manifests/builtin-registration's.
+    registration: {
+      socketPath: layouts.registrationSocketPaths[0] ?? "",
+      endpoint: `${layouts.kubeletDirs[0] ?? ""}/plugins/csi.spiffe.io/csi.sock`,
+    },
   };
 }
 
@@ -242,7 +250,7 @@ function declaredGrants(set: PermissionSet): Grant[] {
   for (const kind of ["read", "write"] as const) {
     for (const value of set[kind]) {
       const role: Role | undefined = registration(value)
-        ? "registrationSocketPath"
+        ? "registrationSocket"
         : socketDirs.includes(value)
         ? "socketDir"
         : csiSockets.includes(value)
@@ -270,7 +278,7 @@ function declaredGrants(set: PermissionSet): Grant[] {
     out.push(
       path.endsWith("/*") ? { kind: "net", role: "socket", value: path.slice(0, -2) } : {
         kind: "net",
-        role: registration(path) ? "registrationSocketPath" : "csiSocketPath",
+        role: registration(path) ? "registrationSocket" : "csiSocketPath",
         value: path,
       },
     );
@@ -306,10 +314,11 @@ function grants(paths: Partial<DriverPaths>): Grant[] {
       return names.map((name) => ({ kind, role, value: `unix:${dir}/${name}` }));
     }
     // Built-in registration's socket is granted to a configured driver only when it serves it.
-    if (
-      role === "registrationSocketPath" && paths.csiSocketPath !== undefined &&
-      paths.registrationSocketPath === undefined
-    ) return [];
+    if (role === "registrationSocket") {
+      if (paths.csiSocketPath !== undefined && paths.registration === undefined) return [];
+      const value = paths.registration?.socketPath ?? grant.value;
+      return [{ kind, role, value: kind === "net" ? `unix:${value}` : value }];
+    }
     const value = paths[role] ?? grant.value;
     if (role === "kubeletDir") return [{ kind, role, value: `${value.replace(/\/+$/, "")}/pods` }];
     return [{ kind, role, value: kind === "net" ? `unix:${value}` : value }];

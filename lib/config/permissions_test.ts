@@ -288,8 +288,8 @@ Deno.test("the flags' defaults are the image's container paths (deno.json), so o
       umountPath: config.umountPath,
       socketNames: config.socketNames,
       cwdLink: config.cwdLink,
-      registrationSocketPath: registration.command === "run"
-        ? registration.config.registrationSocketPath
+      registrationSocket: registration.command === "run"
+        ? registration.config.registration?.socketPath
         : undefined,
     },
     {
@@ -300,7 +300,7 @@ Deno.test("the flags' defaults are the image's container paths (deno.json), so o
       umountPath: CONTAINER_PATHS.umountPath,
       socketNames: CONTAINER_PATHS.socketNames,
       cwdLink: CONTAINER_PATHS.cwdLink,
-      registrationSocketPath: CONTAINER_PATHS.registrationSocketPath,
+      registrationSocket: CONTAINER_PATHS.registration?.socketPath,
     },
   );
 });
