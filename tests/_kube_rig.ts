@@ -385,13 +385,15 @@ export async function startRig(): Promise<Rig> {
     });
     driverImage = driver.name;
 
-    // The controllers the DaemonSet needs, and the scheduler that binds its pods to the node.
+    // The controllers the DaemonSet needs, the publisher of each namespace's kube-root-ca.crt
+    // (a pod that mounts its service account token, as the hardened chart's do, waits for it),
+    // and the scheduler that binds DaemonSet pods to the node.
     await writeKubeconfig(rig.kubeconfig, ports.api, certs, "admin");
     start("kube-controller-manager", `${BIN}/kube-controller-manager`, [
       `--kubeconfig=${rig.kubeconfig}`,
       `--authentication-kubeconfig=${rig.kubeconfig}`,
       `--authorization-kubeconfig=${rig.kubeconfig}`,
-      "--controllers=daemonset,serviceaccount-token",
+      "--controllers=daemonset,serviceaccount-token,root-ca-cert-publisher",
       `--service-account-private-key-file=${certs}/sa.key`,
       `--root-ca-file=${certs}/ca.crt`,
       "--use-service-account-credentials=false",
