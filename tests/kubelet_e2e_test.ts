@@ -29,6 +29,8 @@ import {
   renderChart,
 } from "./_kube_chart.ts";
 import { ROOT } from "./_driver.ts";
+import { V8_FLAGS } from "../lib/config/permissions.ts";
+import { SOURCE_LAYOUT } from "../tools/local_image.ts";
 import {
   BIN,
   captureHost,
@@ -1232,6 +1234,34 @@ test("15. nested SPIRE: a second instance (a.csi.spiffe.io, its own agent dir) f
 /** The chart's driver pod's working sets by container (MiB), by pod and moment. */
 const podMemory: { pod: string; when: string; containers: Record<string, number> }[] = [];
 
+/** A pod running only Deno (an empty program, the driver's V8 flags) in the driver's image. */
+function denoFloorPod(ref: PodRef, image: string): Obj {
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name: ref.name, namespace: ref.namespace },
+    spec: {
+      nodeName: NODE,
+      hostNetwork: true,
+      serviceAccountName: SA[ref.namespace],
+      automountServiceAccountToken: false,
+      terminationGracePeriodSeconds: 1,
+      containers: [{
+        name: "deno",
+        image,
+        imagePullPolicy: "Never",
+        command: [
+          SOURCE_LAYOUT.deno,
+          "eval",
+          `--v8-flags=${V8_FLAGS}`,
+          "setInterval(() => {}, 1 << 30)",
+        ],
+        securityContext: { readOnlyRootFilesystem: true },
+      }],
+    },
+  };
+}
+
 /** Each workload fetched after `since`, never failed after it, and never restarted. */
 async function checkKeptFetching(r: Rig, workloads: Map<string, string>, since: number) {
   for (const [key, uid] of workloads) {
@@ -1414,6 +1444,16 @@ test(
       when: "after the burst",
       containers: await podWorkingSets(r, oursPod),
     });
+    // The floor: Deno alone (an empty program, the driver's V8 flags) in the same image.
+    const floorRef = { namespace: POD_A.namespace, name: "deno-floor" };
+    await createPod(r, denoFloorPod(floorRef, r.driverImage));
+    const floorPod = await waitRunning(r, floorRef, 120_000);
+    podMemory.push({
+      pod: "deno alone",
+      when: "after start",
+      containers: await podWorkingSets(r, floorPod),
+    });
+    await deletePod(r, floorRef);
     for (const row of podMemory) {
       const { pod, when, containers } = row;
       const total = Object.values(containers).reduce((a, b) => a + b, 0);
@@ -1436,7 +1476,7 @@ test(
 
     // A rolling update of the chart (a pod annotation changed) keeps every workload fetching.
     const rolling = nowSeconds();
-    await install({ ...ours, "podAnnotations.rolled": String(rolling) });
+    await install({ ...ours, "podAnnotations.rolled": `at-${rolling}` });
     previous = (await chartPod(previous, r.driverImage)).metadata.uid;
     await checkKeptFetching(r, allDsWorkloads(), rolling);
 
