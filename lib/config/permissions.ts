@@ -2,11 +2,9 @@
  * The driver's permission set. It is written once, in deno.json (`permissions.driver`), for the
  * container layouts the image serves: each path there is one of the well-known places for a role
  * (our Workload API dir and upstream's, kubelet's root on plain Kubernetes, microk8s and k0s, the
- * registration socket of each plugin name the hardened chart's nested layouts use). The
- * role of an entry is read from its shape: `unix:<dir>/*` names a Workload API socket dir, another
- * `unix:` entry the CSI socket (or, named `*-reg.sock`, built-in registration's socket), `<root>/pods`
- * a kubelet root, `<dir>/cwd` the -cwd-link, and the `run` entries are mount and umount by file
- * name. Every set the driver runs under derives from it: the image's keeps every
+ * registration socket of each plugin name the hardened chart's nested layouts use). The role of
+ * each entry comes from one table of rules (RULES below). Every set the driver runs under derives
+ * from it: the image's keeps every
  * alternative; a set for configured paths (the start task, the tests) replaces all alternatives of
  * a role by the one configured path, so it is as tight as the configuration.
  */
@@ -57,6 +55,37 @@ interface Grant {
   role: Role;
   value: string;
 }
+
+/**
+ * How deno.json's set is read: for each entry, the first rule of its kind whose pattern matches
+ * names its role, and the pattern's group is that role's path. One table, to check by eye against
+ * README → Security; an entry no rule matches is refused.
+ */
+const RULES: readonly { kinds: readonly Kind[]; role: Role; pattern: RegExp }[] = [
+  // A Workload API socket dir: connect to each configured socket name in it.
+  { kinds: ["net"], role: "socket", pattern: /^unix:(\/.+)\/\*$/ },
+  // Built-in registration's socket, one per plugin name the image serves.
+  {
+    kinds: ["read", "write", "net"],
+    role: "registrationSocket",
+    pattern: /^(?:unix:)?(\/.+-reg\.sock)$/,
+  },
+  // The CSI socket: created, served, removed at stop.
+  { kinds: ["read", "write", "net"], role: "csiSocketPath", pattern: /^(?:unix:)?(\/.+\.sock)$/ },
+  // A kubelet root: publish targets live under its pods dir.
+  { kinds: ["read", "write"], role: "kubeletDir", pattern: /^(\/.+)\/pods$/ },
+  // The -cwd-link symlink, and the template of the socket dir beside it.
+  { kinds: ["read", "write"], role: "cwdLink", pattern: /^(\/.+\/cwd)$/ },
+  { kinds: ["read", "write"], role: "templateDir", pattern: /^(\/.+\/socket-dir)$/ },
+  // A Workload API socket dir itself: listed and bind-mounted (it must have its `unix:<dir>/*`).
+  { kinds: ["read", "write"], role: "socketDir", pattern: /^(\/.+)$/ },
+  // gRPC's own settings, and the variable holding the node id.
+  { kinds: ["env"], role: "fixed", pattern: /^(GRPC_\*)$/ },
+  { kinds: ["env"], role: "nodeIdEnv", pattern: /^([A-Za-z_][A-Za-z0-9_]*)$/ },
+  // util-linux mount and umount, by absolute path.
+  { kinds: ["run"], role: "mountPath", pattern: /^(\/.*\/mount)$/ },
+  { kinds: ["run"], role: "umountPath", pattern: /^(\/.*\/umount)$/ },
+];
 
 /** The permission set as written in deno.json. */
 export function declaredPermissionSet(): PermissionSet {
@@ -233,65 +262,38 @@ function descriptor({ kind, value }: Grant): Deno.PermissionDescriptor {
   }
 }
 
-/** A declared set's entries with their roles; throws on an entry whose role is unknown. */
+/** A declared set's entries with their roles (RULES); throws on an entry no rule explains. */
 function declaredGrants(set: PermissionSet): Grant[] {
-  const socketDirs = set.net.filter((e) => /^unix:\/.*\/\*$/.test(e)).map((e) => e.slice(5, -2));
-  const registration = (path: string) => path.endsWith("-reg.sock");
-  const csiSockets = set.net.filter((e) => /^unix:\/.*[^*]$/.test(e)).map((e) => e.slice(5))
-    .filter((path) => !registration(path));
-  // Each socket dir is listed and connected to, the CSI socket created and served: every path
-  // with a net entry needs read and write too, and read and write name the same paths.
-  for (const path of [...socketDirs, ...csiSockets, ...set.read, ...set.write]) {
+  const out: Grant[] = [];
+  for (const kind of KINDS) {
+    for (const entry of set[kind]) {
+      const rule = RULES.find((r) => r.kinds.includes(kind) && r.pattern.test(entry));
+      const value = rule?.pattern.exec(entry)?.[1];
+      if (!rule || value === undefined) {
+        throw new RangeError(`deno.json: no role for ${kind} entry ${entry}`);
+      }
+      out.push({ kind, role: rule.role, value });
+    }
+  }
+  // Every path is read and written alike, and a socket dir is one the driver connects into.
+  for (const path of [...set.read, ...set.write]) {
     if (!set.read.includes(path) || !set.write.includes(path)) {
       throw new RangeError(`deno.json: ${path} must be in both read and write`);
     }
   }
-  const out: Grant[] = [];
-  for (const kind of ["read", "write"] as const) {
-    for (const value of set[kind]) {
-      const role: Role | undefined = registration(value)
-        ? "registrationSocket"
-        : socketDirs.includes(value)
-        ? "socketDir"
-        : csiSockets.includes(value)
-        ? "csiSocketPath"
-        : value.endsWith("/pods")
-        ? "kubeletDir"
-        : value.endsWith("/cwd")
-        ? "cwdLink"
-        : value.endsWith("/socket-dir")
-        ? "templateDir"
-        : undefined;
-      if (!role) throw new RangeError(`deno.json: no role for ${kind} entry ${value}`);
-      out.push({
-        kind,
-        role,
-        value: role === "kubeletDir" ? value.slice(0, -"/pods".length) : value,
-      });
+  const connectable = new Set(out.filter((g) => g.role === "socket").map((g) => g.value));
+  for (const grant of out) {
+    if (grant.role === "socketDir" && !connectable.has(grant.value)) {
+      throw new RangeError(`deno.json: no role for ${grant.kind} entry ${grant.value}`);
+    }
+    if (grant.kind === "net" && grant.role !== "socket" && !set.read.includes(grant.value)) {
+      throw new RangeError(`deno.json: ${grant.value} must be in both read and write`);
     }
   }
-  for (const value of set.net) {
-    if (!value.startsWith("unix:")) {
-      throw new RangeError(`deno.json: net entry ${value} is not unix:`);
+  for (const dir of connectable) {
+    if (!set.read.includes(dir)) {
+      throw new RangeError(`deno.json: ${dir} must be in both read and write`);
     }
-    const path = value.slice(5);
-    out.push(
-      path.endsWith("/*") ? { kind: "net", role: "socket", value: path.slice(0, -2) } : {
-        kind: "net",
-        role: registration(path) ? "registrationSocket" : "csiSocketPath",
-        value: path,
-      },
-    );
-  }
-  for (const value of set.env) {
-    out.push({ kind: "env", role: value.endsWith("*") ? "fixed" : "nodeIdEnv", value });
-  }
-  for (const value of set.run) {
-    const name = value.slice(value.lastIndexOf("/") + 1);
-    if (name !== "mount" && name !== "umount") {
-      throw new RangeError(`deno.json: run entry ${value} is neither mount nor umount`);
-    }
-    out.push({ kind: "run", role: name === "mount" ? "mountPath" : "umountPath", value });
   }
   return out;
 }

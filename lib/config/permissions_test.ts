@@ -119,7 +119,7 @@ Deno.test("containerLayouts() refuses a declared set whose roles it cannot tell"
   );
   assert.throws(
     () => containerLayouts({ ...set, run: [...set.run, "/bin/sh"] }),
-    /neither mount nor umount/,
+    /no role for run entry \/bin\/sh/,
   );
 });
 
