@@ -190,6 +190,17 @@ Deno.test("the image serves built-in registration for each plugin name of the ha
     "-plugin-name with -plugin-registration-path: /registration/other.example.org-reg.sock is " +
     "outside the driver's permission set (read, write, net)",
   ]);
+  // With node-driver-registrar (the chart's way) any plugin name runs: nothing names it.
+  const registrar = parseInvocation([
+    "-workload-api-socket-dir",
+    "/spire-agent-socket",
+    "-plugin-name",
+    "other.example.org",
+    "-csi-socket-path",
+    "/spiffe-csi/csi.sock",
+  ], { getEnv: () => "node" });
+  if (registrar.command !== "run") throw new Error("expected a run");
+  assert.deepEqual(await ungrantedPaths(registrar.config, query), []);
 });
 
 Deno.test("permissionSet() re-targets every path to the configured ones", () => {
