@@ -8,28 +8,32 @@
  * restores the host settings kubelet changes; checkHost() compares the machine with the state
  * captured before the start.
  */
-import { type DriverProcess, ROOT, startDriver } from "./_driver.ts";
-import {
-  freeLoopbackPort,
-  LoggedProcess,
-  run,
-  runOk,
-  type Spire,
-  startSpire,
-  waitFor,
-} from "./_spire.ts";
-import { KubeApi, type Obj } from "./_kube_api.ts";
-import { driverImage as localDriverImage, importImages } from "./_kube_images.ts";
+import { type DriverProcess, startDriver } from "./_driver.ts";
+import { LoggedProcess, run, runOk, type Spire, waitFor } from "./_spire.ts";
+import type { KubeApi } from "./_kube_api.ts";
 import { mountTable } from "./_env.ts";
+import {
+  createCsiDriver,
+  DRIVER_NAME,
+  importRigImages,
+  launchKubelet,
+  NODE,
+  NODE_IP,
+  pickPorts,
+  type Ports,
+  prepareKubelet,
+  type RigPaths,
+  type Start,
+  startApiServer,
+  startContainerd,
+  startControlLoops,
+  startEtcd,
+  startRigSpire,
+  waitForNodeReady,
+  writeCniConfig,
+} from "./_kube_components.ts";
 
-/** Where tools/build_kube.sh and tools/install_peers.sh put binaries. */
-export const BIN = `${ROOT}.tools/bin`;
-/** The node's name. */
-export const NODE = "node1";
-/** The node's address: an extra address on the rig's own loopback device (not 127/8: kubelet refuses it). */
-export const NODE_IP = "10.254.0.1";
-/** The CSI driver's name. */
-export const DRIVER_NAME = "csi.spiffe.io";
+export { BIN, DRIVER_NAME, NODE, NODE_IP } from "./_kube_components.ts";
 
 /**
  * kubelet's root: the default, which manifests/base's hostPaths name, or SPIFFE_CSI_RIG_KUBELET_DIR
@@ -63,10 +67,7 @@ export interface HostState {
 
 /** Reads the machine's state (sysctls, cgroups, covered dirs). */
 export async function captureHost(): Promise<HostState> {
-  const sysctls: Record<string, string> = {};
-  for (const name of SYSCTLS) {
-    sysctls[name] = (await Deno.readTextFile(`/proc/sys/${name}`)).trim();
-  }
+  const sysctls = await readSysctls();
   const cgroups: string[] = [];
   for await (const hierarchy of Deno.readDir("/sys/fs/cgroup")) {
     if (!hierarchy.isDirectory) continue;
@@ -97,18 +98,9 @@ export function compareHost(before: HostState, now: HostState): string[] {
 }
 
 /** A running rig. */
-export interface Rig {
-  dir: string;
-  kubeletDir: string;
-  socketDir: string;
-  csiSocketPath: string;
-  registrationDir: string;
-  podLogsDir: string;
+export interface Rig extends RigPaths {
   /** The driver's local image (tools/local_image.ts), imported into containerd. */
   driverImage: string;
-  /** A kubeconfig with the admin's credentials (for kubectl). */
-  kubeconfig: string;
-  containerdSocket: string;
   /** kubelet's read-only API (`http://127.0.0.1:PORT`): /pods, /stats/summary. */
   kubeletReadOnlyUrl: string;
   api: KubeApi;
@@ -128,65 +120,113 @@ export interface Rig {
   teardown(): Promise<string[]>;
 }
 
+/** A change to the host that teardown undoes (in reverse order of registration). */
+interface Undo {
+  what: string;
+  fn: () => Promise<void>;
+}
+
+/** What the steps bring up, set as each one does: teardown stops whatever is set. */
+interface Started {
+  api?: KubeApi;
+  spire?: Spire;
+  driverImage: string;
+  /** The host settings before kubelet first started. */
+  sysctlsBefore: Record<string, string>;
+}
+
 /** Starts the whole rig; on failure everything started so far is torn down and the logs thrown. */
 export async function startRig(): Promise<Rig> {
   const dir = await Deno.makeTempDir({ prefix: "spiffe-csi-kubelet-" });
   const cgroupRoot = `spiffe-csi-rig-${crypto.randomUUID().slice(0, 8)}`;
+  const ports = pickPorts();
+  const paths = rigPaths(dir);
   const processes = new Map<string, LoggedProcess>();
-  const undo: { what: string; fn: () => Promise<void> }[] = [];
-  const ports = {
-    etcd: 0,
-    etcdPeer: 0,
-    api: 0,
-    kubelet: 0,
-    kubeletRo: 0,
-    healthz: 0,
-    controllerManager: 0,
-    scheduler: 0,
-  };
-  const taken = new Set<number>();
-  for (const key of Object.keys(ports) as (keyof typeof ports)[]) {
-    ports[key] = freeLoopbackPort(taken);
-  }
-
-  const kubeletDir = KUBELET_DIR;
-  const socketDir = AGENT_SOCKET_DIR;
-  const csiSocketPath = `${kubeletDir}/plugins/${DRIVER_NAME}/csi.sock`;
-  const registrationDir = `${kubeletDir}/plugins_registry`;
-  const podLogsDir = `${dir}/pod-logs`;
-  const containerdSocket = `${dir}/containerd/containerd.sock`;
-  let api: KubeApi | undefined;
-  let spire: Spire | undefined;
-  let driver: DriverProcess | undefined;
-  let driverLogs = "";
-  let driverImage = "";
-  const sysctlsBefore: Record<string, string> = {};
-
-  const start = (name: string, command: string, args: string[]) => {
+  const start: Start = (name, command, args) => {
     const child = new LoggedProcess(name, command, args);
     processes.set(name, child);
     return child;
   };
-  const rig: Rig = {
+  const undo: Undo[] = [];
+  const up: Started = { driverImage: "", sysctlsBefore: {} };
+  const rig = rigHandle({ paths, ports, cgroupRoot, processes, start, undo, up });
+
+  try {
+    await coverHostDirs(undo);
+    await makeRigDirs(paths);
+    const certs = await makeCerts(`${dir}/certs`);
+    await startEtcd(start, dir, ports);
+    const apiserver = await startApiServer(start, ports, certs);
+    up.api = apiserver.api; // kept before the wait, for teardown to close
+    await apiserver.ready();
+    await writeCniConfig(dir);
+    await startContainerd(start, paths);
+    up.driverImage = await importRigImages(paths);
+    await startControlLoops(start, paths.kubeconfig, ports, certs);
+    await prepareKubelet(paths, ports, certs, cgroupRoot);
+    up.sysctlsBefore = await readSysctls(); // kubelet changes them when it starts
+    await createCsiDriver(up.api);
+    await rig.startKubelet();
+    await waitForNodeReady(up.api);
+    up.spire = await startRigSpire(paths, ports);
+    await rig.startDriver();
+    return rig;
+  } catch (error) {
+    const logs = rig.logs();
+    const problems = await rig.teardown();
+    throw new Error(
+      `the kubelet rig did not start: ${String(error)}\n${logs}\nteardown: ${
+        problems.join("; ") || "clean"
+      }`,
+      { cause: error },
+    );
+  }
+}
+
+/** The rig's paths: its own dir's, and the host paths the shipped manifests name. */
+function rigPaths(dir: string): RigPaths {
+  return {
     dir,
-    kubeletDir,
-    socketDir,
-    csiSocketPath,
-    registrationDir,
-    podLogsDir,
-    get driverImage() {
-      return driverImage;
-    },
+    kubeletDir: KUBELET_DIR,
+    socketDir: AGENT_SOCKET_DIR,
+    csiSocketPath: `${KUBELET_DIR}/plugins/${DRIVER_NAME}/csi.sock`,
+    registrationDir: `${KUBELET_DIR}/plugins_registry`,
+    podLogsDir: `${dir}/pod-logs`,
+    containerdSocket: `${dir}/containerd/containerd.sock`,
     kubeconfig: `${dir}/admin.kubeconfig`,
-    containerdSocket,
+  };
+}
+
+/**
+ * The Rig over what the steps start: the driver and kubelet controls, the logs of every process
+ * `start` launched, and the teardown of all of it and of every change in `undo`.
+ */
+function rigHandle(options: {
+  paths: RigPaths;
+  ports: Ports;
+  cgroupRoot: string;
+  processes: Map<string, LoggedProcess>;
+  start: Start;
+  undo: Undo[];
+  up: Started;
+}): Rig {
+  const { paths, ports, cgroupRoot, processes, start, undo, up } = options;
+  const { dir, kubeletDir, socketDir, csiSocketPath, registrationDir } = paths;
+  let driver: DriverProcess | undefined;
+  let driverLogs = "";
+  const rig: Rig = {
+    ...paths,
+    get driverImage() {
+      return up.driverImage;
+    },
     kubeletReadOnlyUrl: `http://127.0.0.1:${ports.kubeletRo}`,
     get api() {
-      if (!api) throw new Error("the API server is not up");
-      return api;
+      if (!up.api) throw new Error("the API server is not up");
+      return up.api;
     },
     get spire() {
-      if (!spire) throw new Error("SPIRE is not up");
-      return spire;
+      if (!up.spire) throw new Error("SPIRE is not up");
+      return up.spire;
     },
     get driver() {
       return driver;
@@ -221,19 +261,7 @@ export async function startRig(): Promise<Rig> {
     async startKubelet() {
       const previous = processes.get("kubelet");
       if (previous && !previous.exited) throw new Error("kubelet is running");
-      const kubelet = start("kubelet", `${BIN}/kubelet`, [
-        `--config=${dir}/kubelet.yaml`,
-        `--kubeconfig=${dir}/kubelet.kubeconfig`,
-        `--root-dir=${kubeletDir}`,
-        `--hostname-override=${NODE}`,
-        `--node-ip=${NODE_IP}`,
-        "--v=2",
-      ]);
-      await waitFor("kubelet's healthz", async () => {
-        if (kubelet.exited) throw new Error(`kubelet exited:\n${kubelet.logs().slice(-5000)}`);
-        const response = await fetch(`http://127.0.0.1:${ports.healthz}/healthz`);
-        return (await response.text()) === "ok" ? true : undefined;
-      }, 60_000);
+      await launchKubelet(start, paths, ports);
     },
     async stopKubelet() {
       const kubelet = processes.get("kubelet");
@@ -248,7 +276,7 @@ export async function startRig(): Promise<Rig> {
     },
     logs() {
       const parts = [...processes.values()].map((p) => `----- ${p.name} -----\n${p.logs()}`);
-      if (spire) parts.push(spire.logs());
+      if (up.spire) parts.push(up.spire.logs());
       parts.push(`----- spiffe-csi-driver -----\n${driverLogs}${driver?.logs() ?? ""}`);
       return parts.join("\n");
     },
@@ -268,7 +296,7 @@ export async function startRig(): Promise<Rig> {
         () => killProcessesMentioning([dir, "containerd-shim"]),
       );
       await attempt("stop the driver", () => rig.stopDriver("SIGTERM"));
-      await attempt("stop SPIRE", async () => await spire?.stop());
+      await attempt("stop SPIRE", async () => await up.spire?.stop());
       const control = ["kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"];
       for (const name of ["containerd", ...control]) {
         await attempt(`stop ${name}`, async () => {
@@ -276,11 +304,11 @@ export async function startRig(): Promise<Rig> {
         });
       }
       await attempt("stop leftovers", () => killProcessesMentioning([dir]));
-      api?.close();
+      up.api?.close();
       await attempt("unmount", () => unmountUnder(dir));
       await attempt("remove cgroups", () => removeCgroups(cgroupRoot));
       await attempt("restore sysctls", async () => {
-        for (const [name, value] of Object.entries(sysctlsBefore)) {
+        for (const [name, value] of Object.entries(up.sysctlsBefore)) {
           const now = (await Deno.readTextFile(`/proc/sys/${name}`)).trim();
           if (now !== value) await Deno.writeTextFile(`/proc/sys/${name}`, value);
         }
@@ -290,327 +318,45 @@ export async function startRig(): Promise<Rig> {
       return problems;
     },
   };
-
-  try {
-    // Directories some component writes regardless of configuration: a tmpfs in this namespace.
-    for (const covered of COVERED_DIRS) {
-      for (const path of withAncestors(covered)) {
-        if (await isDir(path)) continue;
-        await Deno.mkdir(path);
-        undo.push({ what: `remove ${path}`, fn: () => Deno.remove(path) });
-      }
-      await runOk("mount", ["-t", "tmpfs", "-o", "mode=0755,size=256m", "rig", covered]);
-      // Shared, as systemd makes every mount of a node: containerd refuses Bidirectional
-      // propagation from a host path that is not on a shared mount.
-      if (covered === KUBELET_DIR) await runOk("mount", ["--make-rshared", covered]);
-      // Everything mounted under it too (kubelet's root bind, published volumes).
-      undo.push({ what: `unmount ${covered}`, fn: () => unmountUnder(covered) });
-    }
-    for (const sub of ["certs", "etcd", "containerd", "pod-logs", "spire"]) {
-      await Deno.mkdir(`${dir}/${sub}`, { recursive: true });
-    }
-    await Deno.mkdir(socketDir, { recursive: true });
-    await Deno.mkdir(`${kubeletDir}/plugins/${DRIVER_NAME}`, { recursive: true });
-    const certs = await makeCerts(`${dir}/certs`);
-
-    start("etcd", "/usr/bin/etcd", [
-      "--name=rig",
-      `--data-dir=${dir}/etcd/data`,
-      `--listen-client-urls=http://127.0.0.1:${ports.etcd}`,
-      `--advertise-client-urls=http://127.0.0.1:${ports.etcd}`,
-      `--listen-peer-urls=http://127.0.0.1:${ports.etcdPeer}`,
-      `--initial-advertise-peer-urls=http://127.0.0.1:${ports.etcdPeer}`,
-      `--initial-cluster=rig=http://127.0.0.1:${ports.etcdPeer}`,
-      "--log-level=warn",
-    ]);
-    await waitFor("etcd", async () => {
-      const response = await fetch(`http://127.0.0.1:${ports.etcd}/health`);
-      return (await response.json()).health === "true" ? true : undefined;
-    }, 60_000);
-
-    start("kube-apiserver", `${BIN}/kube-apiserver`, [
-      `--etcd-servers=http://127.0.0.1:${ports.etcd}`,
-      "--bind-address=127.0.0.1",
-      `--secure-port=${ports.api}`,
-      "--advertise-address=127.0.0.1",
-      "--endpoint-reconciler-type=none",
-      // Every real cluster allows privileged containers (kubeadm sets it); the driver needs one.
-      "--allow-privileged=true",
-      "--authorization-mode=AlwaysAllow",
-      `--client-ca-file=${certs}/ca.crt`,
-      `--tls-cert-file=${certs}/apiserver.crt`,
-      `--tls-private-key-file=${certs}/apiserver.key`,
-      `--kubelet-client-certificate=${certs}/apiserver-kubelet.crt`,
-      `--kubelet-client-key=${certs}/apiserver-kubelet.key`,
-      `--service-account-key-file=${certs}/sa.pub`,
-      `--service-account-signing-key-file=${certs}/sa.key`,
-      "--service-account-issuer=https://kubernetes.default.svc",
-      "--service-cluster-ip-range=10.96.0.0/24",
-      "--enable-priority-and-fairness=false",
-      "--watch-cache=false",
-      "--v=1",
-    ]);
-    api = new KubeApi({
-      server: `https://127.0.0.1:${ports.api}`,
-      caPem: await Deno.readTextFile(`${certs}/ca.crt`),
-      certPem: await Deno.readTextFile(`${certs}/admin.crt`),
-      keyPem: await Deno.readTextFile(`${certs}/admin.key`),
-    });
-    const client = api;
-    await waitFor(
-      "kube-apiserver /readyz",
-      async () => {
-        const apiserver = processes.get("kube-apiserver");
-        if (apiserver?.exited) throw new Error(`kube-apiserver exited:\n${apiserver.logs()}`);
-        const ready = await client.request("GET", "/api/v1/namespaces/default");
-        return ready.metadata?.name === "default" ? true : undefined;
-      },
-      120_000,
-      500,
-    );
-
-    await Deno.writeTextFile(`${dir}/containerd/config.toml`, containerdConfig(dir));
-    await writeCniConfig(dir);
-    start("containerd", "/usr/bin/containerd", ["--config", `${dir}/containerd/config.toml`]);
-    await waitFor("containerd", async () => {
-      const result = await run("ctr", ["-a", containerdSocket, "version"], { timeoutMs: 5_000 });
-      return result.code === 0 ? true : undefined;
-    }, 60_000);
-    const driver = localDriverImage();
-    await importImages({
-      spireAgentStatic: `${BIN}/spire-agent-static`,
-      containerdSocket,
-      workDir: `${dir}/images`,
-      driver,
-    });
-    driverImage = driver.name;
-
-    // The controllers the DaemonSet needs, the publisher of each namespace's kube-root-ca.crt
-    // (a pod that mounts its service account token, as the hardened chart's do, waits for it),
-    // and the scheduler that binds DaemonSet pods to the node.
-    await writeKubeconfig(rig.kubeconfig, ports.api, certs, "admin");
-    start("kube-controller-manager", `${BIN}/kube-controller-manager`, [
-      `--kubeconfig=${rig.kubeconfig}`,
-      `--authentication-kubeconfig=${rig.kubeconfig}`,
-      `--authorization-kubeconfig=${rig.kubeconfig}`,
-      "--controllers=daemonset,serviceaccount-token,root-ca-cert-publisher",
-      `--service-account-private-key-file=${certs}/sa.key`,
-      `--root-ca-file=${certs}/ca.crt`,
-      "--use-service-account-credentials=false",
-      "--leader-elect=false",
-      "--bind-address=127.0.0.1",
-      `--secure-port=${ports.controllerManager}`,
-      "--v=1",
-    ]);
-    start("kube-scheduler", `${BIN}/kube-scheduler`, [
-      `--kubeconfig=${rig.kubeconfig}`,
-      `--authentication-kubeconfig=${rig.kubeconfig}`,
-      `--authorization-kubeconfig=${rig.kubeconfig}`,
-      "--leader-elect=false",
-      "--bind-address=127.0.0.1",
-      `--secure-port=${ports.scheduler}`,
-      "--v=1",
-    ]);
-
-    // The cgroup root kubelet puts pods under: one of the rig's own in every hierarchy.
-    for await (const hierarchy of Deno.readDir("/sys/fs/cgroup")) {
-      if (!hierarchy.isDirectory) continue;
-      await Deno.mkdir(`/sys/fs/cgroup/${hierarchy.name}/${cgroupRoot}`);
-    }
-    await writeKubeletConfig(dir, certs, ports, cgroupRoot, containerdSocket, podLogsDir);
-    for (const name of SYSCTLS) {
-      sysctlsBefore[name] = (await Deno.readTextFile(`/proc/sys/${name}`)).trim();
-    }
-
-    // The CSIDriver object, as manifests/base/csidriver.yaml has it.
-    await client.create("/apis/storage.k8s.io/v1/csidrivers", {
-      apiVersion: "storage.k8s.io/v1",
-      kind: "CSIDriver",
-      metadata: { name: DRIVER_NAME },
-      spec: {
-        attachRequired: false,
-        podInfoOnMount: true,
-        fsGroupPolicy: "None",
-        volumeLifecycleModes: ["Ephemeral"],
-      },
-    });
-    await rig.startKubelet();
-    await waitFor("the Node object", async () => (await client.get(`/api/v1/nodes/${NODE}`)));
-    // The API server taints a new node not-ready:NoSchedule (TaintNodesByCondition); the node
-    // lifecycle controller, which this rig does not run, lifts it once the node is Ready. So does
-    // this: a DaemonSet without a blanket toleration (the hardened chart's) must be scheduled.
-    await waitFor("the Node Ready and untainted", async () => {
-      const node = await client.get(`/api/v1/nodes/${NODE}`);
-      const ready = (node?.status?.conditions as Obj[] | undefined)
-        ?.some((c) => c.type === "Ready" && c.status === "True");
-      if (!node || !ready) return undefined;
-      const taints = (node.spec.taints ?? []) as Obj[];
-      const kept = taints.filter((t) => t.key !== "node.kubernetes.io/not-ready");
-      if (kept.length === taints.length) return true;
-      node.spec.taints = kept;
-      await client.request("PUT", `/api/v1/nodes/${NODE}`, node).catch(() => undefined);
-      return undefined;
-    });
-
-    spire = await startSpire({
-      dir: `${dir}/spire`,
-      socketDir,
-      workloadAttestors: `WorkloadAttestor "k8s" {
-    plugin_data {
-      kubelet_read_only_port = ${ports.kubeletRo}
-      node_name = "${NODE}"
-    }
-  }`,
-    });
-    await rig.startDriver();
-    return rig;
-  } catch (error) {
-    const logs = rig.logs();
-    const problems = await rig.teardown();
-    throw new Error(
-      `the kubelet rig did not start: ${String(error)}\n${logs}\nteardown: ${
-        problems.join("; ") || "clean"
-      }`,
-      { cause: error },
-    );
-  }
-}
-
-function containerdConfig(dir: string): string {
-  const c = `${dir}/containerd`;
-  return `version = 2
-root = "${c}/root"
-state = "${c}/state"
-[grpc]
-  address = "${c}/containerd.sock"
-[ttrpc]
-  address = "${c}/containerd.sock.ttrpc"
-[debug]
-  level = "info"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "${c}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "localhost/spiffe-csi-rig/pause:1"
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        BinaryName = "/usr/sbin/runc"
-        Root = "${c}/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "${c}/cni-conf"
-`;
+  return rig;
 }
 
 /**
- * The pod network, for pods without hostNetwork (the driver's DaemonSet): a bridge in the rig's
- * own network namespace (gone with it), addresses from host-local kept in the rig's dir, no
- * masquerading (pods talk only to each other and the node over loopback-free Unix sockets).
+ * Covers the directories some component writes regardless of configuration with a tmpfs in this
+ * namespace, making any missing ancestor first; registers each mkdir and mount in `undo`.
  */
-async function writeCniConfig(dir: string): Promise<void> {
-  const c = `${dir}/containerd`;
-  await Deno.mkdir(`${c}/cni-conf`, { recursive: true });
-  await Deno.writeTextFile(
-    `${c}/cni-conf/10-rig.conflist`,
-    JSON.stringify({
-      cniVersion: "1.0.0",
-      name: "rig",
-      plugins: [{
-        type: "bridge",
-        bridge: "rig0",
-        isGateway: true,
-        ipMasq: false,
-        ipam: {
-          type: "host-local",
-          ranges: [[{ subnet: "10.244.0.0/24" }]],
-          dataDir: `${c}/cni-ipam`,
-        },
-      }],
-    }),
-  );
+async function coverHostDirs(undo: Undo[]): Promise<void> {
+  for (const covered of COVERED_DIRS) {
+    for (const path of withAncestors(covered)) {
+      if (await isDir(path)) continue;
+      await Deno.mkdir(path);
+      undo.push({ what: `remove ${path}`, fn: () => Deno.remove(path) });
+    }
+    await runOk("mount", ["-t", "tmpfs", "-o", "mode=0755,size=256m", "rig", covered]);
+    // Shared, as systemd makes every mount of a node: containerd refuses Bidirectional
+    // propagation from a host path that is not on a shared mount.
+    if (covered === KUBELET_DIR) await runOk("mount", ["--make-rshared", covered]);
+    // Everything mounted under it too (kubelet's root bind, published volumes).
+    undo.push({ what: `unmount ${covered}`, fn: () => unmountUnder(covered) });
+  }
 }
 
-async function writeKubeletConfig(
-  dir: string,
-  certs: string,
-  ports: Record<string, number>,
-  cgroupRoot: string,
-  containerdSocket: string,
-  podLogsDir: string,
-): Promise<void> {
-  await Deno.writeTextFile(
-    `${dir}/kubelet.yaml`,
-    JSON.stringify({
-      apiVersion: "kubelet.config.k8s.io/v1beta1",
-      kind: "KubeletConfiguration",
-      failCgroupV1: false,
-      failSwapOn: false,
-      cgroupDriver: "cgroupfs",
-      cgroupRoot: `/${cgroupRoot}`,
-      containerRuntimeEndpoint: `unix://${containerdSocket}`,
-      address: "127.0.0.1",
-      port: ports.kubelet,
-      readOnlyPort: ports.kubeletRo,
-      healthzBindAddress: "127.0.0.1",
-      healthzPort: ports.healthz,
-      tlsCertFile: `${certs}/kubelet.crt`,
-      tlsPrivateKeyFile: `${certs}/kubelet.key`,
-      authentication: {
-        x509: { clientCAFile: `${certs}/ca.crt` },
-        anonymous: { enabled: false },
-        webhook: { enabled: false },
-      },
-      authorization: { mode: "AlwaysAllow" },
-      evictionHard: {},
-      imageGCHighThresholdPercent: 100,
-      imageGCLowThresholdPercent: 99,
-      enforceNodeAllocatable: [],
-      podLogsDir,
-      volumeStatsAggPeriod: "5s",
-      serializeImagePulls: false,
-      registerNode: true,
-    }),
-  );
-  await writeKubeconfig(`${dir}/kubelet.kubeconfig`, ports.api as number, certs, "kubelet-client");
+/** The rig dir's subdirectories, the agent's socket dir and the driver's plugin dir. */
+async function makeRigDirs(paths: RigPaths): Promise<void> {
+  for (const sub of ["certs", "etcd", "containerd", "pod-logs", "spire"]) {
+    await Deno.mkdir(`${paths.dir}/${sub}`, { recursive: true });
+  }
+  await Deno.mkdir(paths.socketDir, { recursive: true });
+  await Deno.mkdir(`${paths.kubeletDir}/plugins/${DRIVER_NAME}`, { recursive: true });
 }
 
-/** A kubeconfig for the API server on `port` with the client certificate `<certs>/<user>.crt`. */
-async function writeKubeconfig(
-  path: string,
-  port: number,
-  certs: string,
-  user: string,
-): Promise<void> {
-  await Deno.writeTextFile(
-    path,
-    JSON.stringify({
-      apiVersion: "v1",
-      kind: "Config",
-      clusters: [{
-        name: "rig",
-        cluster: {
-          server: `https://127.0.0.1:${port}`,
-          "certificate-authority": `${certs}/ca.crt`,
-        },
-      }],
-      users: [{
-        name: user,
-        user: {
-          "client-certificate": `${certs}/${user}.crt`,
-          "client-key": `${certs}/${user}.key`,
-        },
-      }],
-      contexts: [{ name: "rig", context: { cluster: "rig", user } }],
-      "current-context": "rig",
-    }),
-  );
+/** The current values of the host settings kubelet changes. */
+async function readSysctls(): Promise<Record<string, string>> {
+  const sysctls: Record<string, string> = {};
+  for (const name of SYSCTLS) {
+    sysctls[name] = (await Deno.readTextFile(`/proc/sys/${name}`)).trim();
+  }
+  return sysctls;
 }
 
 /** A CA and every certificate the rig needs (EC P-256, valid one day), plus the service-account key pair. */
