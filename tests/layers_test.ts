@@ -128,6 +128,7 @@ const UNIT_HELPERS = [
   "tests/_assert.ts",
   "tests/_env.ts",
   "tests/_fake_mounter.ts",
+  "tests/_permissions.ts",
   "tests/_requests.ts",
 ];
 

@@ -19,6 +19,7 @@ import {
   ungrantedPaths,
 } from "../lib/config/permissions.ts";
 import { ROOT } from "./_driver.ts";
+import { grantedBy, within } from "./_permissions.ts";
 
 /** kubectl: the one built for the kubelet rig (tools/build_kube.sh), else the one on PATH. */
 const KUBECTL = await Deno.stat(join(ROOT, ".tools", "bin", "kubectl")).then(
@@ -130,10 +131,6 @@ function hostPathOf(podSpec: Doc, c: Doc, path: string): { mount: Doc; host: str
   const v = volume(podSpec, mount.name);
   assert.ok(v.hostPath, `${c.name}: ${path} is on volume ${v.name}, which is not a hostPath`);
   return { mount, host: posix.join(v.hostPath.path, path.slice(mount.mountPath.length)) };
-}
-
-function within(path: string, root: string): boolean {
-  return path === root || path.startsWith(`${withoutTrailingSlash(root)}/`);
 }
 
 /** A container's args with `$(NAME)` replaced by its env's literal values, as kubelet does. */
@@ -487,22 +484,6 @@ Deno.test({
     assert.deepEqual(leftovers, [], "a path still points at the default kubelet root");
   },
 });
-
-/** A Deno.permissions.query stand-in that answers from `set`, as a process running under it would. */
-function grantedBy(
-  set: PermissionSet,
-): (d: Deno.PermissionDescriptor) => Promise<Deno.PermissionStatus> {
-  return (d) => {
-    const granted = d.name === "read" || d.name === "write"
-      ? set[d.name].some((entry) => within(String(d.path), entry))
-      : d.name === "net"
-      ? set.net.includes(String(d.host))
-      : d.name === "run"
-      ? set.run.includes(String(d.command))
-      : false;
-    return Promise.resolve({ state: granted ? "granted" : "prompt" } as Deno.PermissionStatus);
-  };
-}
 
 /** Every tree a user applies, built by kubectl kustomize: the three dirs and base + the component. */
 async function builtTrees(): Promise<Map<string, Doc[]>> {

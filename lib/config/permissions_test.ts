@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_SOCKET_NAMES, type DriverPaths, parseInvocation } from "./flags.ts";
+import { grantedBy } from "../../tests/_permissions.ts";
 import {
   CONTAINER_PATHS,
   containerLayouts,
@@ -161,46 +162,32 @@ Deno.test("ungrantedPaths() names each configured path the running set does not 
 });
 
 Deno.test("the image serves built-in registration for each plugin name of the hardened chart's nested layouts, and names any other", async () => {
-  const image = new Set(permissionFlags().flatMap((flag) => flag.split("=")[1]?.split(",") ?? []));
-  const query = (d: Deno.PermissionDescriptor) => {
-    const value = "path" in d ? d.path : "host" in d ? d.host : "command" in d ? d.command : "";
-    const granted = image.has(String(value)) ||
-      [...image].some((entry) => String(value).startsWith(`${entry}/`));
-    return Promise.resolve({ state: granted ? "granted" : "prompt" } as Deno.PermissionStatus);
+  const query = grantedBy(permissionSet());
+  /** The chart's driver args with `pluginName`, and built-in registration when `register`. */
+  const chartConfig = (pluginName: string, register: boolean) => {
+    const invocation = parseInvocation([
+      "-workload-api-socket-dir",
+      "/spire-agent-socket",
+      "-plugin-name",
+      pluginName,
+      "-csi-socket-path",
+      "/spiffe-csi/csi.sock",
+      ...(register
+        ? [`-kubelet-registration-path=/var/lib/kubelet/plugins/${pluginName}/csi.sock`]
+        : []),
+    ], { getEnv: () => "node" });
+    if (invocation.command !== "run") throw new Error("expected a run");
+    return invocation.config;
   };
   for (const name of CHART_PLUGIN_NAMES) {
-    const invocation = parseInvocation([
-      "-workload-api-socket-dir=/spire-agent-socket",
-      `-plugin-name=${name}`,
-      "-csi-socket-path=/spiffe-csi/csi.sock",
-      `-kubelet-registration-path=/var/lib/kubelet/plugins/${name}/csi.sock`,
-    ], { getEnv: () => "node" });
-    assert.equal(invocation.command, "run");
-    if (invocation.command !== "run") return;
-    assert.deepEqual(await ungrantedPaths(invocation.config, query), [], name);
+    assert.deepEqual(await ungrantedPaths(chartConfig(name, true), query), [], name);
   }
-  const other = parseInvocation([
-    "-workload-api-socket-dir=/spire-agent-socket",
-    "-plugin-name=other.example.org",
-    "-csi-socket-path=/spiffe-csi/csi.sock",
-    "-kubelet-registration-path=/var/lib/kubelet/plugins/other/csi.sock",
-  ], { getEnv: () => "node" });
-  if (other.command !== "run") throw new Error("expected a run");
-  assert.deepEqual(await ungrantedPaths(other.config, query), [
+  assert.deepEqual(await ungrantedPaths(chartConfig("other.example.org", true), query), [
     "-plugin-name with -plugin-registration-path: /registration/other.example.org-reg.sock is " +
     "outside the driver's permission set (read, write, net)",
   ]);
   // With node-driver-registrar (the chart's way) any plugin name runs: nothing names it.
-  const registrar = parseInvocation([
-    "-workload-api-socket-dir",
-    "/spire-agent-socket",
-    "-plugin-name",
-    "other.example.org",
-    "-csi-socket-path",
-    "/spiffe-csi/csi.sock",
-  ], { getEnv: () => "node" });
-  if (registrar.command !== "run") throw new Error("expected a run");
-  assert.deepEqual(await ungrantedPaths(registrar.config, query), []);
+  assert.deepEqual(await ungrantedPaths(chartConfig("other.example.org", false), query), []);
 });
 
 Deno.test("permissionSet() re-targets every path to the configured ones", () => {
