@@ -12,6 +12,7 @@ import { type DriverProcess, startDriver } from "./_driver.ts";
 import { LoggedProcess, run, runOk, type Spire, waitFor } from "./_spire.ts";
 import type { KubeApi } from "./_kube_api.ts";
 import { mountTable } from "./_env.ts";
+import { errorMessage } from "../lib/errors.ts";
 import {
   createCsiDriver,
   DRIVER_NAME,
@@ -286,7 +287,7 @@ function rigHandle(options: {
         try {
           await fn();
         } catch (error) {
-          problems.push(`${what}: ${error instanceof Error ? error.message : String(error)}`);
+          problems.push(`${what}: ${errorMessage(error)}`);
         }
       };
       await attempt("stop kubelet", () => rig.stopKubelet());

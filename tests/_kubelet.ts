@@ -5,6 +5,7 @@
 import { createHash } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { type CallResult, CsiClient } from "./_csi_client.ts";
+import { withoutTrailingSlash } from "../lib/config/flags.ts";
 
 /** A pod, as far as its CSI volumes are concerned. */
 export interface Pod {
@@ -62,7 +63,7 @@ export class FakeKubelet {
   readonly #volumes = new Map<string, { volumeId: string; state: VolumeState }>();
 
   constructor(options: KubeletOptions) {
-    this.kubeletDir = options.kubeletDir.replace(/\/+$/, "");
+    this.kubeletDir = withoutTrailingSlash(options.kubeletDir);
     this.csiSocketPath = options.csiSocketPath;
     this.driverName = options.driverName ?? "csi.spiffe.io";
     this.nodeName = options.nodeName ?? "test-node";

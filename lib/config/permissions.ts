@@ -14,6 +14,7 @@ import {
   type DriverInvocation,
   type DriverPaths,
   invocationArgs,
+  withoutTrailingSlash,
 } from "./flags.ts";
 
 /** A permission set: allowlists by kind, as in deno.json. */
@@ -312,7 +313,7 @@ function grants(paths: Partial<DriverPaths>): Grant[] {
     // `unix:<socket dir>/*` stands for each Workload API socket name: Deno allows unix sockets by
     // exact path only, so the driver can connect to exactly the names it is configured with.
     if (role === "socket") {
-      const dir = (paths.socketDir ?? grant.value).replace(/\/+$/, "");
+      const dir = withoutTrailingSlash(paths.socketDir ?? grant.value);
       return names.map((name) => ({ kind, role, value: `unix:${dir}/${name}` }));
     }
     // Built-in registration's socket is granted to a configured driver only when it serves it.
@@ -322,7 +323,9 @@ function grants(paths: Partial<DriverPaths>): Grant[] {
       return [{ kind, role, value: kind === "net" ? `unix:${value}` : value }];
     }
     const value = paths[role] ?? grant.value;
-    if (role === "kubeletDir") return [{ kind, role, value: `${value.replace(/\/+$/, "")}/pods` }];
+    if (role === "kubeletDir") {
+      return [{ kind, role, value: `${withoutTrailingSlash(value)}/pods` }];
+    }
     return [{ kind, role, value: kind === "net" ? `unix:${value}` : value }];
   });
   // Alternatives of one role collapse onto the one configured path: keep each entry once.
