@@ -4,13 +4,14 @@
  * source is not part of this project: its directory comes from HELM_CHARTS_HARDENED.
  */
 import { parse } from "yaml";
-import { ROOT } from "./_driver.ts";
+import { BIN } from "./_kube_components.ts";
 import { runOk } from "./_spire.ts";
+import { splitImage } from "./_kube_manifests.ts";
 
 /** The checkout of spiffe/helm-charts-hardened, or undefined. */
 export const HARDENED_CHARTS = Deno.env.get("HELM_CHARTS_HARDENED");
-/** Helm, built by tools/build_helm.sh. */
-export const HELM = `${ROOT}.tools/bin/helm`;
+/** Helm, built by tools/build_helm.sh beside the rig's Kubernetes binaries. */
+export const HELM = `${BIN}/helm`;
 /** The release name a SPIRE user installs the `spire` chart under; the DaemonSet is `<it>-spiffe-csi-driver`. */
 export const RELEASE = "spire";
 
@@ -60,12 +61,12 @@ export function imageName(image: ChartImage): string {
 
 /** The `--set` values that point the chart's driver at `image` (`registry/repository:tag`). */
 export function imageValues(image: string): Record<string, string> {
-  const colon = image.lastIndexOf(":");
-  const slash = image.indexOf("/");
+  const [name, tag] = splitImage(image);
+  const slash = name.indexOf("/");
   return {
-    "image.registry": image.slice(0, slash),
-    "image.repository": image.slice(slash + 1, colon),
-    "image.tag": image.slice(colon + 1),
+    "image.registry": name.slice(0, slash),
+    "image.repository": name.slice(slash + 1),
+    "image.tag": tag,
   };
 }
 

@@ -135,7 +135,8 @@ export function apply(kubectl: string, kubeconfig: string, dir: string): Promise
   return runOk(kubectl, [`--kubeconfig=${kubeconfig}`, "apply", "-k", dir], { timeoutMs: 60_000 });
 }
 
-function splitImage(image: string): [string, string] {
+/** `repository:tag` split at the tag's colon (a registry's port is not a tag). */
+export function splitImage(image: string): [string, string] {
   const colon = image.lastIndexOf(":");
   if (colon <= image.lastIndexOf("/")) throw new Error(`${image} has no tag`);
   return [image.slice(0, colon), image.slice(colon + 1)];

@@ -846,15 +846,7 @@ async function assertHardenedEverywhere(
 
 /** Records the driver container's memory from kubelet's /stats/summary. */
 async function recordDriverMemory(r: Rig, pod: Obj, when: string): Promise<void> {
-  const stats = await waitFor("the driver container in /stats/summary", async () => {
-    const response = await fetch(`${r.kubeletReadOnlyUrl}/stats/summary`);
-    const summary = await response.json();
-    const entry = (summary.pods as Obj[]).find((p) => p.podRef.uid === pod.metadata.uid);
-    const container = (entry?.containers as Obj[] | undefined)?.find((c) =>
-      c.name === DRIVER_CONTAINER
-    );
-    return container?.memory?.workingSetBytes ? container.memory as Obj : undefined;
-  }, 60_000);
+  const stats = (await containerMemory(r, pod)).get(DRIVER_CONTAINER) as Obj;
   // kubelet counts what the container's cgroup is charged: its anonymous memory and the page cache
   // it brought in. The deno binary's pages were read into the cache when the image was unpacked,
   // so they are charged elsewhere here; on a node where the driver reads them first they are its.
@@ -875,8 +867,8 @@ async function recordDriverMemory(r: Rig, pod: Obj, when: string): Promise<void>
   );
 }
 
-/** Each container's working set (MiB) in kubelet's /stats/summary, as `kubectl top pod` sums them. */
-async function podWorkingSets(r: Rig, pod: Obj): Promise<Record<string, number>> {
+/** Each container's memory (`workingSetBytes`, `rssBytes`) in kubelet's /stats/summary, by name. */
+async function containerMemory(r: Rig, pod: Obj): Promise<Map<string, Obj>> {
   return await waitFor(`${pod.metadata.name} in /stats/summary`, async () => {
     const response = await fetch(`${r.kubeletReadOnlyUrl}/stats/summary`);
     const summary = await response.json();
@@ -884,10 +876,16 @@ async function podWorkingSets(r: Rig, pod: Obj): Promise<Record<string, number>>
     const containers = (entry?.containers ?? []) as Obj[];
     if (containers.length < (pod.spec.containers as Obj[]).length) return undefined;
     if (containers.some((c) => !c.memory?.workingSetBytes)) return undefined;
-    return Object.fromEntries(
-      containers.map((c) => [c.name, Number((c.memory.workingSetBytes / 1024 / 1024).toFixed(1))]),
-    );
+    return new Map(containers.map((c) => [c.name as string, c.memory as Obj]));
   }, 60_000);
+}
+
+/** Each container's working set (MiB), as `kubectl top pod` sums them. */
+async function podWorkingSets(r: Rig, pod: Obj): Promise<Record<string, number>> {
+  const memory = await containerMemory(r, pod);
+  return Object.fromEntries(
+    [...memory].map(([name, m]) => [name, Number((m.workingSetBytes / 1024 / 1024).toFixed(1))]),
+  );
 }
 
 /** Starts a workload and waits until it runs and fetched; returns its uid. */
