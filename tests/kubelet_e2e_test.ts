@@ -143,7 +143,8 @@ function workloadPod(
   const fetch = options.script ?? [
     "while true; do",
     "  if spire-agent api fetch x509 -socketPath /spiffe-workload-api/api.sock -write /tmp -timeout 5s; then",
-    "    echo FETCH-OK $(date +%s); echo ---SVID; cat /tmp/svid.0.pem; echo ---BUNDLE; cat /tmp/bundle.0.pem; echo ---END;",
+    // FETCH-OK last: a reader that sees it sees the whole SVID and bundle before it.
+    "    echo ---SVID; cat /tmp/svid.0.pem; echo ---BUNDLE; cat /tmp/bundle.0.pem; echo ---END; echo FETCH-OK $(date +%s);",
     "  else echo FETCH-FAILED $(date +%s); fi;",
     "  sleep 2;",
     "done",
@@ -787,14 +788,18 @@ async function containerPid(pod: Obj, container: string): Promise<number> {
   const status = (pod.status.containerStatuses as Obj[]).find((c) => c.name === container);
   const id = String(status?.containerID ?? "").replace(/^containerd:\/\//, "");
   assert.ok(id !== "", `${pod.metadata.name}/${container} has no container id`);
-  const pids: number[] = [];
-  for await (const entry of Deno.readDir("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    const cgroups = await Deno.readTextFile(`/proc/${entry.name}/cgroup`).catch(() => "");
-    if (cgroups.split("\n").some((line) => line.endsWith(`/${id}`))) pids.push(Number(entry.name));
-  }
-  assert.ok(pids.length > 0, `no process of container ${id}`);
-  return Math.min(...pids);
+  // Polled: a scan of /proc while many pods' processes exit at once was seen to miss it once.
+  return await waitFor(`a process of container ${id}`, async () => {
+    const pids: number[] = [];
+    for await (const entry of Deno.readDir("/proc")) {
+      if (!/^\d+$/.test(entry.name)) continue;
+      const cgroups = await Deno.readTextFile(`/proc/${entry.name}/cgroup`).catch(() => "");
+      if (cgroups.split("\n").some((line) => line.endsWith(`/${id}`))) {
+        pids.push(Number(entry.name));
+      }
+    }
+    return pids.length > 0 ? Math.min(...pids) : undefined;
+  }, 10_000);
 }
 
 /** Mount points (with the mounted root and the per-mount flags) in the mount namespace of `pid`. */
@@ -1080,6 +1085,15 @@ test("14. the driver container's memory (kubelet /stats/summary) after start and
   assert.ok(pod, "no driver pod");
   await recordDriverMemory(r, pod, "before the burst");
   await burst(r, "ds-burst");
+  // The same driver process served the whole burst: a restart would hide its memory.
+  const now = await r.api.get(podPath({ namespace: DAEMONSET.namespace, name: pod.metadata.name }));
+  const driverStatus = (now?.status.containerStatuses as Obj[])
+    .find((c) => c.name === DRIVER_CONTAINER);
+  assert.equal(
+    driverStatus?.restartCount,
+    0,
+    `the driver restarted: ${JSON.stringify(driverStatus)}`,
+  );
   await recordDriverMemory(r, pod, "after the burst");
   const resources = (pod.spec.containers as Obj[]).find((c) => c.name === DRIVER_CONTAINER)
     ?.resources;
