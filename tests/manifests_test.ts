@@ -11,13 +11,8 @@ import * as apps from "kubernetes-models/apps/v1";
 import * as storage from "kubernetes-models/storage.k8s.io/v1";
 import * as rbac from "kubernetes-models/rbac.authorization.k8s.io/v1";
 import denoConfig from "../deno.json" with { type: "json" };
-import { type Config, parseInvocation, usage, withoutTrailingSlash } from "../lib/config/flags.ts";
-import {
-  CONTAINER_PATHS,
-  type PermissionSet,
-  permissionSet,
-  ungrantedPaths,
-} from "../lib/config/permissions.ts";
+import { type Config, parseInvocation, usage } from "../lib/config/flags.ts";
+import { CONTAINER_PATHS, permissionSet, ungrantedPaths } from "../lib/config/permissions.ts";
 import { ROOT } from "./_driver.ts";
 import { grantedBy, within } from "./_permissions.ts";
 
