@@ -276,3 +276,8 @@ export function walk(dir: string, prefix = ""): Map<string, Deno.FileInfo> {
   }
   return out;
 }
+
+/** Resolves once every promise callback queued so far has run: a timer fires only after all. */
+export function settled(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}

@@ -39,10 +39,18 @@ export class FakeMounter implements Mounter {
     return Promise.resolve();
   }
 
+  /** Set to make unmounts wait for it, as a umount child runs (counted in `unmounting`). */
+  unmountGate: Promise<void> | undefined;
+  /** Unmounts waiting for `unmountGate` now. */
+  unmounting = 0;
+
   unmount(target: MountTarget): Promise<void> {
     this.calls.push({ action: "unmount", target: target.path });
     this.bound.delete(target.path);
-    return Promise.resolve();
+    target.started?.();
+    if (!this.unmountGate) return Promise.resolve();
+    this.unmounting++;
+    return this.unmountGate.then(() => void this.unmounting--);
   }
 
   list(): Promise<string> {

@@ -145,18 +145,24 @@ test(
 );
 
 test(
-  "unpublish unmounts only the pinned target, even when another mount's source names the driver's cwd",
+  "unpublish unmounts only the pinned target, even when other mounts' sources name the umount's target",
   withDriver(async ({ tree, driver, client }) => {
-    const victim = `${tree.root}/victim`;
-    await Deno.mkdir(victim);
-    await run("/usr/bin/mount", "-t", "tmpfs", `/proc/${driver.child.pid}/cwd`, victim);
-    await Deno.writeTextFile(`${victim}/data`, "kept");
+    // umount looks a target it cannot find in the mount table up as a source next.
+    const sources = ["/proc/self/cwd", `/proc/${driver.child.pid}/cwd`];
+    const victims = sources.map((_, i) => `${tree.root}/victim-${i}`);
+    for (const [i, victim] of victims.entries()) {
+      await Deno.mkdir(victim);
+      await run("/usr/bin/mount", "-t", "tmpfs", sources[i] as string, victim);
+      await Deno.writeTextFile(`${victim}/data`, "kept");
+    }
     const target = await tree.target("pod-a");
     for (let i = 0; i < 3; i++) {
       await client.ok("NodePublishVolume", publishRequest(target));
       await client.ok("NodeUnpublishVolume", { volume_id: "v", target_path: target });
       assert.equal(await layers(target), 0, "our bind is gone");
-      assert.equal(await Deno.readTextFile(`${victim}/data`), "kept", "the other mount stays");
+      for (const victim of victims) {
+        assert.equal(await Deno.readTextFile(`${victim}/data`), "kept", "the other mounts stay");
+      }
     }
   }),
 );

@@ -125,6 +125,9 @@ export function createNodeService(options: NodeOptions): NodeService {
   const leftoversReplaced = options.leftoversReplaced
     ? within(options.leftoversReplaced, PASS_WAIT_MS, false)
     : Promise.resolve(false);
+  // Sections on different volumes overlap while their umount children run (dir_pin.ts `aside`);
+  // calls on the same volume dir (the target and the strays beside it) run one after another.
+  const onVolume = queuePerKey();
   const unsupported = (name: string) => () =>
     Promise.reject(new CsiError(Code.UNIMPLEMENTED, `${name} is not supported by this driver`));
 
@@ -134,7 +137,8 @@ export function createNodeService(options: NodeOptions): NodeService {
       const path = request.target_path as string;
       return await onTarget(path, async () => {
         const parsed = parseTargetPath(path, kubeletDir, request.volume_context?.[POD_UID_KEY]);
-        await publish(parts, parsed, path, await leftoversReplaced);
+        const replaced = await leftoversReplaced;
+        await onVolume(volumeDir(path), () => publish(parts, parsed, path, replaced));
         return {};
       });
     },
@@ -145,7 +149,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       const path = request.target_path;
       return await onTarget(path, async () => {
         const parsed = parseTargetPath(path, kubeletDir);
-        await unpublish(parts, parsed, path);
+        await onVolume(volumeDir(path), () => unpublish(parts, parsed, path));
         return {};
       });
     },
@@ -163,7 +167,10 @@ export function createNodeService(options: NodeOptions): NodeService {
           `volume path ${quote(path)} is not a volume of this driver`,
         );
       }
-      return await onTarget(path, () => volumeStats(parts, parsed, path));
+      return await onTarget(
+        path,
+        () => onVolume(volumeDir(path), () => volumeStats(parts, parsed, path)),
+      );
     },
 
     NodeGetInfo() {
@@ -180,10 +187,11 @@ export function createNodeService(options: NodeOptions): NodeService {
     },
 
     replaceLeftover(path, all) {
-      return parts.pins.hold(async (section) => {
-        if (look(parts, section, path) !== "our bind") return undefined;
-        return await rebind(parts, section, path, all);
-      });
+      return onVolume(volumeDir(path), () =>
+        parts.pins.hold(async (section) => {
+          if (look(parts, section, path) !== "our bind") return undefined;
+          return await rebind(parts, section, path, all);
+        }));
     },
 
     NodeStageVolume: unsupported("NodeStageVolume"),
@@ -356,7 +364,7 @@ async function removeTarget(parts: Parts, section: PinSection, path: string): Pr
     }
     const top = target.enter();
     if (!parts.isSocketDirBind(top)) throw new ForeignMountError(path);
-    await parts.mounter.unmount(top.mountTarget());
+    await unmountAside(parts, section, top);
   }
 }
 
@@ -370,9 +378,15 @@ async function unmountOurs(
   for (let layers = 0; layers < most; layers++) {
     const top = pinTarget(section, at).enter();
     if (!parts.isSocketDirBind(top)) return layers;
-    await parts.mounter.unmount(top.mountTarget());
+    await unmountAside(parts, section, top);
   }
   return most;
+}
+
+// Unmounts the mount `top` stands in; other targets' sections pin while the umount child runs
+// (the child holds `top` as its own working directory), so the caller pins again after it.
+function unmountAside(parts: Parts, section: PinSection, top: PinnedDir): Promise<void> {
+  return section.aside(top, (target) => parts.mounter.unmount(target));
 }
 
 // Binds of the socket dir on other directories beside the target: kubelet keeps only the target
@@ -489,6 +503,23 @@ async function onTarget<T>(path: string, work: () => Promise<T>): Promise<T> {
       : `resolves through a symlink (to ${quote(error.actual)})`;
     throw invalidArgument(`target path ${quote(path)} ${how}`);
   }
+}
+
+/** The directory a target is in: its volume dir, for a target path kubelet chose. */
+function volumeDir(path: string): string {
+  return path.slice(0, path.lastIndexOf("/"));
+}
+
+/** Runs each `work` after every earlier one under the same key has settled; other keys overlap. */
+function queuePerKey(): <T>(key: string, work: () => Promise<T>) => Promise<T> {
+  const tails = new Map<string, Promise<void>>();
+  return (key, work) => {
+    const result = (tails.get(key) ?? Promise.resolve()).then(work);
+    const tail = result.then(() => {}, () => {});
+    tails.set(key, tail);
+    tail.then(() => tails.get(key) === tail && tails.delete(key));
+    return result;
+  };
 }
 
 /** `promise`, or `fallback` once `ms` passed without it settling. */

@@ -4,7 +4,7 @@ import { createNodeService, validatePublish } from "./node.ts";
 import type { NodePublishVolumeRequest } from "./types.ts";
 import { FakeMounter } from "../../tests/_fake_mounter.ts";
 import { DirPin, type PinnedDir } from "../mount/dir_pin.ts";
-import { makeTempTree } from "../../tests/_env.ts";
+import { makeTempTree, settled } from "../../tests/_env.ts";
 import { publishRequest } from "../../tests/_requests.ts";
 import { assertCsiError } from "../../tests/_assert.ts";
 
@@ -397,6 +397,50 @@ Deno.test("NodeUnpublishVolume validates, and succeeds for a missing or unmounte
   assert.deepEqual(await node.NodeUnpublishVolume({ volume_id: "v", target_path: target }), {});
   await assert.rejects(Deno.lstat(target), Deno.errors.NotFound);
   assert.deepEqual(mounter.calls, [], "no umount for a plain directory");
+});
+
+Deno.test("NodeUnpublishVolume: umounts of different volumes overlap, of one volume run one after another", async () => {
+  await using setup = await service(true);
+  const { tree, mounter, node } = setup;
+  // A bind beside each target (a stray): every unpublish unmounts it, pinned, with the pin aside.
+  const targets = await Promise.all(["uid-1", "uid-2"].map((uid) => tree.target(uid)));
+  const addStray = (target: string) => {
+    const stray = target.replace(/mount$/, "stray");
+    Deno.mkdirSync(stray, { recursive: true });
+    mounter.bound.add(stray);
+  };
+  targets.forEach(addStray);
+  const gate = Promise.withResolvers<void>();
+  mounter.unmountGate = gate.promise;
+  const unpublish = (target: string) =>
+    node.NodeUnpublishVolume({ volume_id: "v", target_path: target });
+
+  const different = targets.map(unpublish);
+  await settled();
+  assert.equal(mounter.unmounting, 2, "the second volume's umount starts while the first runs");
+  gate.resolve();
+  assert.deepEqual(await Promise.all(different), [{}, {}]);
+
+  const [first] = targets as [string, string];
+  addStray(first);
+  const held = Promise.withResolvers<void>();
+  mounter.unmountGate = held.promise;
+  const before = mounter.calls.length;
+  const calls = [
+    unpublish(first),
+    node.NodePublishVolume(request((r) => (r.target_path = first))),
+  ];
+  const stats = assert.rejects(
+    node.NodeGetVolumeStats({ volume_id: "v", volume_path: first }),
+    /does not exist/,
+  );
+  await settled();
+  assert.equal(mounter.unmounting, 1);
+  assert.equal(mounter.calls.length, before + 1, "the same volume's calls wait for its umount");
+  held.resolve();
+  assert.deepEqual(await Promise.all(calls), [{}, {}]);
+  await stats;
+  assert.deepEqual(mounter.calls.slice(before).map((c) => c.action), ["unmount", "bind"]);
 });
 
 Deno.test("NodeGetVolumeStats: InvalidArgument, NotFound, then an abnormal condition with usage", async () => {

@@ -9,14 +9,17 @@
  *
  * - in this process, `link`, a symlink to `/proc/self/cwd` that the permission set allows (Deno
  *   checks the string; the kernel follows the magic link to the directory itself);
- * - in a mount or umount child, `/proc/<driver pid>/cwd`, spelled with a random run of `.`
- *   components each time (`procCwdPath`): umount looks a target it cannot find in the mount table
- *   up as a mount SOURCE next, and anyone who can mount can name a source `/proc/1/cwd`.
+ * - in a mount or umount child, `/proc/self/cwd`: the child starts in `link` (its chdir(2) follows
+ *   the child's own `/proc/self/cwd`, which it inherited from the driver when it was cloned, so
+ *   nothing walks the pinned directory's path again). The path is spelled with a random run of `.`
+ *   components each time (`procSelfCwd`): umount looks a target it cannot find in the mount table
+ *   up as a mount SOURCE next, and anyone who can mount can name a source `/proc/self/cwd`.
  *
- * The working directory is one per process, so pinned sections never overlap: a section keeps the
- * pin until every child it started has exited. Inside a section, pinning is the only way to get a
- * handle on a directory, and each pin makes every earlier handle of the section invalid, as the
- * section's end makes its last one.
+ * The working directory is one per process, so pinned sections never overlap while they pin. A
+ * section keeps the pin while its child runs, unless it starts the child with `aside`: the child
+ * stands in the directory itself then, and other sections pin from its start until it has
+ * exited. Inside a section, pinning is the only way to get a handle on a directory, and each pin
+ * makes every earlier handle of the section invalid, as `aside` and the section's end do.
  */
 import { errorMessage } from "../errors.ts";
 import type { MountTarget } from "./mounter.ts";
@@ -47,6 +50,12 @@ export interface PinOptions {
 export interface PinSection {
   /** Pins `dir` (absolute): walks it from `/`, then verifies with getcwd that it arrived there. */
   at(dir: string, options?: PinOptions): PinnedDir;
+  /**
+   * Calls `start` with `dir` for a child; from the moment the child has started (`started`),
+   * other sections pin until the child's promise settles. Every handle of this section is
+   * invalid afterwards: pin again.
+   */
+  aside<T>(dir: PinnedDir, start: (target: MountTarget) => Promise<T>): Promise<T>;
 }
 
 /** A verified pinned directory; valid until the next pin of its section or the section's end. */
@@ -61,7 +70,7 @@ export interface PinnedDir {
   locate(): string | undefined;
   /** True when the pinned directory is `dir` (same device and inode), e.g. a bind of it. */
   isSame(dir: string): boolean;
-  /** The pinned directory for a mount or umount child, with a new spelling of its path. */
+  /** The pinned directory for a mount or umount child started while it is held (new spelling). */
   mountTarget(): MountTarget;
 }
 
@@ -74,25 +83,22 @@ export interface DirPinOptions {
 /** The process's working directory as a pinned directory reference, one section at a time. */
 export class DirPin {
   readonly #link: string;
-  #tail: Promise<unknown> = Promise.resolve();
+  readonly #turn = new Turn();
 
   constructor(options: DirPinOptions) {
     this.#link = options.link;
   }
 
-  /** Runs `work` in a section of its own; sections run one after another, never interleaved. */
-  hold<T>(work: (section: PinSection) => Promise<T> | T): Promise<T> {
-    const run = async () => {
-      const section = new Section(this.#link);
-      try {
-        return await work(section);
-      } finally {
-        section.end();
-      }
-    };
-    const result = this.#tail.then(run, run);
-    this.#tail = result.then(() => {}, () => {});
-    return result;
+  /** Runs `work` in a section of its own; sections pin one at a time, in the order they asked. */
+  async hold<T>(work: (section: PinSection) => Promise<T> | T): Promise<T> {
+    await this.#turn.take();
+    const section = new Section(this.#link, this.#turn);
+    try {
+      return await work(section);
+    } finally {
+      section.end();
+      this.#turn.give();
+    }
   }
 
   /** Checks that `link` reaches the directory the pin is at, by pinning `dir` (an allowed directory). */
@@ -115,18 +121,56 @@ export class DirPin {
   }
 }
 
+/** Who holds the working directory: one section at a time, the others queued in order. */
+class Turn {
+  #taken = false;
+  readonly #queue: (() => void)[] = [];
+
+  take(): Promise<void> {
+    if (!this.#taken) {
+      this.#taken = true;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.#queue.push(resolve));
+  }
+
+  give(): void {
+    const next = this.#queue.shift();
+    if (next) next();
+    else this.#taken = false;
+  }
+}
+
 class Section implements PinSection {
   readonly link: string;
-  /** The one valid handle: none between a chdir and its verification, and after the end. */
+  /** The one valid handle: none between a chdir and its verification, aside, and after the end. */
   current: Pinned | undefined;
+  readonly #turn: Turn;
   #ended = false;
 
-  constructor(link: string) {
+  constructor(link: string, turn: Turn) {
     this.link = link;
+    this.#turn = turn;
   }
 
   at(dir: string, options: PinOptions = {}): PinnedDir {
     return this.pin(dir, dir, options.removed ?? false);
+  }
+
+  async aside<T>(dir: PinnedDir, start: (target: MountTarget) => Promise<T>): Promise<T> {
+    let aside = false;
+    const started = () => {
+      if (aside || this.current !== dir) return;
+      aside = true;
+      this.current = undefined;
+      this.#turn.give();
+    };
+    try {
+      return await start({ ...dir.mountTarget(), started });
+    } finally {
+      this.current = undefined;
+      if (aside) await this.#turn.take();
+    }
   }
 
   /** chdir to `walk`, then getcwd must say `expected`. */
@@ -177,7 +221,7 @@ class Pinned implements PinnedDir {
 
   mountTarget(): MountTarget {
     this.#held();
-    return { path: this.path, childPath: procCwdPath(Deno.pid) };
+    return { path: this.path, cwd: this.#section.link, childPath: procSelfCwd() };
   }
 
   #held(): void {
@@ -194,14 +238,14 @@ function cwd(): string | undefined {
 }
 
 /**
- * `/proc/<pid>/cwd` with 32 random bits spelled as runs of `.` components (at most 1 KiB more):
+ * `/proc/self/cwd` with 32 random bits spelled as runs of `.` components (at most 1 KiB more):
  * the kernel walks it to the same directory, but no mount source can be prepared to equal it,
  * so umount's fallback from target to source lookup never finds someone else's mount.
  */
-function procCwdPath(pid: number): string {
+function procSelfCwd(): string {
   const [a, b, c, d] = crypto.getRandomValues(new Uint8Array(4));
   const dots = (count = 0) => "./".repeat(count);
-  return `/${dots(a)}proc/${dots(b)}${pid}/${dots(c)}cwd${"/.".repeat(d ?? 0)}`;
+  return `/${dots(a)}proc/${dots(b)}self/${dots(c)}cwd${"/.".repeat(d ?? 0)}`;
 }
 
 /** True when `a` and `b` are the same directory (device and inode); false when either cannot be stat'ed. */

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { DirPin, PinMovedError } from "./dir_pin.ts";
-import { makeTempTree } from "../../tests/_env.ts";
+import type { MountTarget } from "./mounter.ts";
+import { makeTempTree, settled } from "../../tests/_env.ts";
 
 /** A tree with a directory `a/b` in it, and a DirPin on the tree's -cwd-link. */
 async function pinned() {
@@ -15,9 +16,10 @@ async function pinned() {
   };
 }
 
-/** The inode `path` leads to, as a child process resolves it (Deno refuses /proc by path). */
-async function inodeSeenByChild(path: string): Promise<number> {
-  const output = await new Deno.Command("stat", { args: ["-L", "-c", "%i", path] }).output();
+/** The inode a child started as mount and umount are resolves `target` to. */
+async function inodeSeenByChild(target: MountTarget): Promise<number> {
+  const args = ["-L", "-c", "%i", target.childPath];
+  const output = await new Deno.Command("stat", { args, cwd: target.cwd }).output();
   assert.ok(output.success, new TextDecoder().decode(output.stderr));
   return Number(new TextDecoder().decode(output.stdout));
 }
@@ -117,12 +119,10 @@ Deno.test("mountTarget() names the pinned directory for a child, spelled anew ea
   await pins.hold(async (section) => {
     const target = section.at(dir).mountTarget();
     assert.equal(target.path, dir);
-    assert.match(
-      target.childPath,
-      new RegExp(`^/(\\./)*proc/(\\./)*${Deno.pid}/(\\./)*cwd(/\\.)*$`),
-    );
+    assert.equal(target.cwd, setup.tree.cwdLink);
+    assert.match(target.childPath, /^\/(\.\/)*proc\/(\.\/)*self\/(\.\/)*cwd(\/\.)*$/);
+    assert.equal(await inodeSeenByChild(target), Deno.statSync(dir).ino);
     assert.notEqual(section.at(dir).mountTarget().childPath, target.childPath);
-    assert.equal(await inodeSeenByChild(target.childPath), Deno.statSync(dir).ino);
   });
 });
 
@@ -139,4 +139,74 @@ Deno.test("check() refuses a link that is not /proc/self/cwd and accepts one tha
     new DirPin({ link: `${tree.root}/none` }).check(dir),
     /is not a symlink to \/proc\/self\/cwd/,
   );
+});
+
+Deno.test("aside() lets other sections pin once its child started in the pinned directory, swapped or not", async () => {
+  await using setup = await pinned();
+  const { tree, dir, pins } = setup;
+  const other = `${tree.root}/a`;
+  const outside = `${tree.root}/outside`;
+  Deno.mkdirSync(outside);
+  const original = Deno.statSync(dir).ino;
+  const events: string[] = [];
+  const stdin = Promise.withResolvers<WritableStream<Uint8Array>>();
+  const first = pins.hold(async (section) => {
+    const pin = section.at(dir);
+    // The child waits for a line on stdin, then says which directory its target path reaches.
+    const seen = await section.aside(pin, (target) => {
+      assert.equal(target.path, dir);
+      const child = new Deno.Command("sh", {
+        args: ["-c", 'read line; exec stat -L -c %i "$0"', target.childPath],
+        cwd: target.cwd,
+        stdin: "piped",
+        stdout: "piped",
+      }).spawn();
+      target.started?.();
+      stdin.resolve(child.stdin);
+      return child.output().then((output) => Number(new TextDecoder().decode(output.stdout)));
+    });
+    events.push("first back");
+    assert.throws(() => pin.inside(), /is not held/);
+    assert.equal(section.at(other).path, other);
+    return seen;
+  });
+  await pins.hold(async (section) => {
+    section.at(other);
+    events.push("second pinned elsewhere");
+    Deno.renameSync(dir, `${other}/moved`);
+    Deno.symlinkSync(outside, dir);
+    const writer = (await stdin.promise).getWriter();
+    await writer.write(new TextEncoder().encode("go\n"));
+    await writer.close();
+  });
+  assert.equal(await first, original, "the child reached the pinned directory, not the symlink");
+  assert.deepEqual(events, ["second pinned elsewhere", "first back"]);
+});
+
+Deno.test("aside() keeps the pin until its child has started, and takes it back in turn", async () => {
+  await using setup = await pinned();
+  const { dir, pins } = setup;
+  const events: string[] = [];
+  const child = Promise.withResolvers<void>();
+  const started = Promise.withResolvers<() => void>();
+  const first = pins.hold(async (section) => {
+    await section.aside(section.at(dir), (target) => {
+      started.resolve(() => target.started?.());
+      return child.promise;
+    });
+    events.push("first back");
+  });
+  const second = pins.hold(async (section) => {
+    events.push("second start");
+    child.resolve();
+    await Promise.resolve();
+    section.at(dir);
+    events.push("second end");
+  });
+  const third = pins.hold(() => void events.push("third"));
+  await settled();
+  assert.deepEqual(events, [], "nobody pins before the child has started");
+  (await started.promise)();
+  await Promise.all([first, second, third]);
+  assert.deepEqual(events, ["second start", "second end", "third", "first back"]);
 });

@@ -5,8 +5,12 @@ import { errorMessage } from "../errors.ts";
 export interface MountTarget {
   /** The absolute path, as the client named it (for messages only). */
   readonly path: string;
-  /** The path the child resolves to the pinned directory itself. */
+  /** Where the child starts: a symlink its chdir follows to the pinned directory itself. */
+  readonly cwd: string;
+  /** The path the child resolves to its working directory, the pinned directory itself. */
   readonly childPath: string;
+  /** Called once the child has started in `cwd`: from then on the pin may move. */
+  readonly started?: () => void;
 }
 
 /** Bind mounts and unmounts; injected so tests can use a fake. */
@@ -42,12 +46,12 @@ const DEFAULT_TIMEOUT_MS = 30_000;
 export const HARDENING = "nosuid,nodev,noexec";
 
 /**
- * The argv for each operation (pure, so tests can check it). The target is always the pinned
- * directory's `/proc/<pid>/cwd` (see dir_pin.ts for its spelling), which the kernel resolves to
- * the directory itself, and --no-canonicalize hands it to the kernel as is. Only the template
+ * The argv for each operation (pure, so tests can check it). The target is always the child's
+ * `/proc/self/cwd`, the pinned directory it starts in (see dir_pin.ts for its spelling), which the
+ * kernel resolves to the directory itself, and --no-canonicalize hands it to the kernel as is. Only the template
  * (template.ts) is ever remounted: a remount changes one mount and does not propagate, so a
  * publish binds from the hardened template and its bind arrives hardened everywhere. The unmount
- * is lazy because the driver's own working directory is inside the mount it detaches.
+ * is lazy because the child's own working directory is inside the mount it detaches.
  */
 export function mountArgs(
   operation: "bind" | "harden" | "unmount",
@@ -114,8 +118,9 @@ export class SystemMounter implements Mounter {
   }
 }
 
-// The caller holds the pin until this resolves: the child reaches the pinned directory through
-// /proc/<pid>/cwd, so the working directory must not move before the child has exited.
+// The child starts in `target.cwd`, the -cwd-link: its chdir(2) follows /proc/self/cwd, its own
+// working directory, which it inherited from the driver's pin when it was cloned. Nothing walks
+// the pinned directory's path again, and from `started` on the driver may pin elsewhere.
 async function run(
   command: string,
   args: string[],
@@ -128,8 +133,8 @@ async function run(
   try {
     const cmd = new Deno.Command(command, {
       args,
-      // Not the pinned directory's path string: the child reaches it through /proc/<pid>/cwd.
-      cwd: "/",
+      // Never the pinned directory's path string (Deno would hand a child getcwd's string).
+      cwd: target?.cwd ?? "/",
       clearEnv: true,
       env: { LC_ALL: "C" },
       stdin: "null",
@@ -137,6 +142,7 @@ async function run(
       stderr: "piped",
     });
     const child = cmd.spawn();
+    target?.started?.();
     const timer = setTimeout(() => {
       try {
         child.kill("SIGKILL");

@@ -3,7 +3,8 @@ import { mountArgs, type MountTarget } from "./mounter.ts";
 
 const target: MountTarget = {
   path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount",
-  childPath: "/proc/42/cwd",
+  cwd: "/run/spiffe-csi-driver/cwd",
+  childPath: "/proc/self/cwd",
 };
 
 Deno.test("mountArgs() names the pinned directory only, never the target's path string", () => {
@@ -11,21 +12,21 @@ Deno.test("mountArgs() names the pinned directory only, never the target's path 
     "--no-canonicalize",
     "--bind",
     "/agent",
-    "/proc/42/cwd",
+    "/proc/self/cwd",
   ]);
   assert.deepEqual(mountArgs("harden", target), [
     "--no-canonicalize",
     "-o",
     "remount,bind,nosuid,nodev,noexec",
     "none",
-    "/proc/42/cwd",
+    "/proc/self/cwd",
   ]);
   assert.deepEqual(mountArgs("unmount", target), [
     "--no-canonicalize",
     "-i",
     "-n",
     "-l",
-    "/proc/42/cwd",
+    "/proc/self/cwd",
   ]);
   for (const operation of ["bind", "harden", "unmount"] as const) {
     assert.ok(!mountArgs(operation, target, "/agent").includes(target.path), operation);
