@@ -20,25 +20,31 @@ export interface RunningDriver {
   stop(signal?: Deno.Signal): Promise<void>;
 }
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
+/** The project root, where every driver process runs. */
+export const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const ENTRY = new URL("../main.ts", import.meta.url).pathname;
 
 /** This driver, started as the start task starts it (permission set, V8 flags). */
 export const ours: DriverUnderTest = {
   name: `spiffe-csi-driver ${denoConfig.version} (Deno ${Deno.version.deno})`,
   start(tree) {
-    const invocation = parseInvocation([
-      `-workload-api-socket-dir=${tree.socketDir}`,
-      `-csi-socket-path=${tree.csiSocketPath}`,
-      `-kubelet-dir=${tree.kubeletDir}`,
-      `-cwd-link=${tree.cwdLink}`,
-      "-node-id=test-node",
-      "-log-level=warn",
-    ]);
-    if (invocation.command !== "run") throw new Error(`unexpected ${invocation.command}`);
-    return launch(tree, Deno.execPath(), driverRunArgs(invocation, ENTRY));
+    return launch(tree, Deno.execPath(), oursRunArgs(tree));
   },
 };
+
+/** The deno arguments the start task would run `entry` (main.ts unless given) with on `tree`. */
+export function oursRunArgs(tree: BenchTree, entry = ENTRY): string[] {
+  const invocation = parseInvocation([
+    `-workload-api-socket-dir=${tree.socketDir}`,
+    `-csi-socket-path=${tree.csiSocketPath}`,
+    `-kubelet-dir=${tree.kubeletDir}`,
+    `-cwd-link=${tree.cwdLink}`,
+    "-node-id=test-node",
+    "-log-level=warn",
+  ]);
+  if (invocation.command !== "run") throw new Error(`unexpected ${invocation.command}`);
+  return driverRunArgs(invocation, entry);
+}
 
 /** Any driver binary that takes upstream spiffe-csi's flags (it ignores the kubelet dir). */
 export function compared(bin: string): DriverUnderTest {

@@ -15,6 +15,7 @@
  */
 import { parseArgs } from "node:util";
 import { compared, ours } from "./_drivers.ts";
+import { startFloor } from "./start_floor.ts";
 import { type Figures, progress } from "./_harness.ts";
 import { load } from "./_proc.ts";
 import { resultsPage, table } from "./_report.ts";
@@ -59,6 +60,7 @@ if (import.meta.main) {
   await Deno.remove(unrelatedRoot, { recursive: true }).catch(() => {});
   loads.push(`after scaling ${load()}`);
   const exec = await execPairCost(sizes.execPairs);
+  const floor = await startFloor(sizes.starts);
   loads.push(`end ${load()}`);
   const minutes = (performance.now() - started) / 60_000;
   const report = [
@@ -67,6 +69,9 @@ if (import.meta.main) {
     `one mount --bind + umount exec pair on its own, median of ${sizes.execPairs}: ${
       exec.toFixed(2)
     } ms`,
+    `start-up floor, spawn to exit under the driver's permission set, median of ${sizes.starts}: ${
+      Object.entries(floor).map(([name, ms]) => `${name} ${ms.toFixed(2)} ms`).join(", ")
+    }`,
     "",
     `${rounds} interleaved rounds, ${minutes.toFixed(1)} min; load average (1 5 15 min): ${
       loads.join("; ")
