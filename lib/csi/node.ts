@@ -1,4 +1,5 @@
 /** CSI Node service: plain async handlers that know nothing of gRPC. */
+import { dirname } from "node:path";
 import { Code, CsiError, errorMessage, invalidArgument } from "../errors.ts";
 import type {
   Empty,
@@ -138,7 +139,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       return await onTarget(path, async () => {
         const parsed = parseTargetPath(path, kubeletDir, request.volume_context?.[POD_UID_KEY]);
         const replaced = await leftoversReplaced;
-        await onVolume(volumeDir(path), () => publish(parts, parsed, path, replaced));
+        await onVolume(dirname(path), () => publish(parts, parsed, path, replaced));
         return {};
       });
     },
@@ -149,7 +150,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       const path = request.target_path;
       return await onTarget(path, async () => {
         const parsed = parseTargetPath(path, kubeletDir);
-        await onVolume(volumeDir(path), () => unpublish(parts, parsed, path));
+        await onVolume(dirname(path), () => unpublish(parts, parsed, path));
         return {};
       });
     },
@@ -169,7 +170,7 @@ export function createNodeService(options: NodeOptions): NodeService {
       }
       return await onTarget(
         path,
-        () => onVolume(volumeDir(path), () => volumeStats(parts, parsed, path)),
+        () => onVolume(dirname(path), () => volumeStats(parts, parsed, path)),
       );
     },
 
@@ -187,7 +188,7 @@ export function createNodeService(options: NodeOptions): NodeService {
     },
 
     replaceLeftover(path, all) {
-      return onVolume(volumeDir(path), () =>
+      return onVolume(dirname(path), () =>
         parts.pins.hold(async (section) => {
           if (look(parts, section, path) !== "our bind") return undefined;
           return await rebind(parts, section, path, all);
@@ -503,11 +504,6 @@ async function onTarget<T>(path: string, work: () => Promise<T>): Promise<T> {
       : `resolves through a symlink (to ${quote(error.actual)})`;
     throw invalidArgument(`target path ${quote(path)} ${how}`);
   }
-}
-
-/** The directory a target is in: its volume dir, for a target path kubelet chose. */
-function volumeDir(path: string): string {
-  return path.slice(0, path.lastIndexOf("/"));
 }
 
 /** Runs each `work` after every earlier one under the same key has settled; other keys overlap. */

@@ -48,10 +48,11 @@ export const HARDENING = "nosuid,nodev,noexec";
 /**
  * The argv for each operation (pure, so tests can check it). The target is always the child's
  * `/proc/self/cwd`, the pinned directory it starts in (see dir_pin.ts for its spelling), which the
- * kernel resolves to the directory itself, and --no-canonicalize hands it to the kernel as is. Only the template
- * (template.ts) is ever remounted: a remount changes one mount and does not propagate, so a
- * publish binds from the hardened template and its bind arrives hardened everywhere. The unmount
- * is lazy because the child's own working directory is inside the mount it detaches.
+ * kernel resolves to the directory itself, and --no-canonicalize hands it to the kernel as is.
+ * Only the template (template.ts) is ever remounted: a remount changes one mount and does not
+ * propagate, so a publish binds from the hardened template and its bind arrives hardened
+ * everywhere. The unmount is lazy because the child's own working directory is inside the mount
+ * it detaches.
  */
 export function mountArgs(
   operation: "bind" | "harden" | "unmount",
